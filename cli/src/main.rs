@@ -1,0 +1,70 @@
+//! `tern`: one binary for every role of the platform. Today: `tern dev`.
+//!
+//! Parses the command line, sets up logging and hands off to the role's module; no role
+//! logic lives here.
+
+mod dev;
+mod project;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "tern", version, about = "Tern: an edge function platform")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve function projects locally, reloading on change.
+    Dev {
+        /// Function projects: folders with tern.toml, or single .js/.mjs files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Port to listen on (0 picks a free one).
+        #[arg(long, default_value_t = 8787)]
+        port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        ip: IpAddr,
+        /// Isolate threads (default: one per CPU core).
+        #[arg(long)]
+        isolate_threads: Option<usize>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TERN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.compact().init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Dev { paths, port, ip, isolate_threads } => {
+            let isolate_threads =
+                isolate_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            rt.block_on(dev::run(dev::DevOptions { paths, addr: ip, port, isolate_threads }))
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The node's own answers: every way a request can fail, mapped to one status and one
+//! `tern-error` code, here and nowhere else.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use tern_js_api::exchange::{Failure, FailureKind};
+
+/// Header naming why the node (not the function) produced a response.
+pub const TERN_ERROR: &str = "tern-error";
+
+#[derive(Debug, Clone)]
+pub enum NodeError {
+    /// No function serves this host and path.
+    NoRoute { host: String },
+    /// The function ran and failed.
+    Function { function: String, failure: Failure },
+}
+
+/// Whether failure details (stacks, compile errors) go into response bodies: yes for
+/// `tern dev`, no on a shared node, where they go only to the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorDetail {
+    Expose,
+    Hide,
+}
+
+impl NodeError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::Function { failure, .. } => match failure.kind {
+                FailureKind::UncaughtException | FailureKind::InvalidResponse | FailureKind::LoadFailed => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+                FailureKind::IsolateFailed => StatusCode::BAD_GATEWAY,
+            },
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoRoute { .. } => "no_route",
+            Self::Function { failure, .. } => failure.kind.code(),
+        }
+    }
+
+    fn message(&self, detail: ErrorDetail) -> String {
+        match self {
+            Self::NoRoute { host } => format!("no function serves host {host:?}\n"),
+            Self::Function { function, failure } => {
+                let what = match failure.kind {
+                    FailureKind::UncaughtException => "threw an uncaught exception",
+                    FailureKind::InvalidResponse => "did not return a Response",
+                    FailureKind::LoadFailed => "failed to load",
+                    FailureKind::IsolateFailed => "stopped before it answered",
+                };
+                match detail {
+                    ErrorDetail::Expose => format!("function {function:?} {what}:\n{}\n", failure.detail),
+                    ErrorDetail::Hide => format!("function {function:?} {what}; the details are in the node's log\n"),
+                }
+            }
+        }
+    }
+
+    pub fn into_response(self, detail: ErrorDetail) -> Response<Bytes> {
+        let mut response = Response::new(Bytes::from(self.message(detail)));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(TERN_ERROR, HeaderValue::from_static(self.code()));
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_has_its_status_and_code() {
+        let f = |kind| NodeError::Function { function: "f".into(), failure: Failure { kind, detail: "boom at a.js:1:2".into() } };
+        let cases = [
+            (NodeError::NoRoute { host: "x".into() }, 404, "no_route"),
+            (f(FailureKind::UncaughtException), 500, "uncaught_exception"),
+            (f(FailureKind::InvalidResponse), 500, "invalid_response"),
+            (f(FailureKind::LoadFailed), 500, "load_failed"),
+            (f(FailureKind::IsolateFailed), 502, "isolate_failed"),
+        ];
+        for (error, status, code) in cases {
+            let response = error.into_response(ErrorDetail::Hide);
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(response.headers()[TERN_ERROR], code);
+            assert!(!String::from_utf8_lossy(response.body()).contains("a.js:1:2"), "details stay in the log");
+        }
+    }
+
+    #[test]
+    fn dev_mode_shows_the_detail() {
+        let e = NodeError::Function {
+            function: "f".into(),
+            failure: Failure { kind: FailureKind::LoadFailed, detail: "SyntaxError at src/a.js:3:1".into() },
+        };
+        assert!(String::from_utf8_lossy(e.into_response(ErrorDetail::Expose).body()).contains("src/a.js:3:1"));
+    }
+}

@@ -1,0 +1,59 @@
+//! The edge node's state: its current route table (swapped whole, atomically) and its
+//! isolate threads.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use tern_runtime::IsolateThreads;
+
+use crate::errors::ErrorDetail;
+use crate::routing::RouteTable;
+
+pub struct EdgeNode {
+    routes: RwLock<Arc<RouteTable>>,
+    isolates: IsolateThreads,
+    error_detail: ErrorDetail,
+    local_addr: RwLock<Option<SocketAddr>>,
+}
+
+impl EdgeNode {
+    pub fn new(isolates: IsolateThreads, error_detail: ErrorDetail) -> Self {
+        Self {
+            routes: RwLock::new(Arc::new(RouteTable::default())),
+            isolates,
+            error_detail,
+            local_addr: RwLock::new(None),
+        }
+    }
+
+    /// Replaces the functions the node serves. Requests already dispatched finish on the
+    /// versions they started with.
+    pub fn set_routes(&self, table: RouteTable) {
+        let table = Arc::new(table);
+        for bundle in table.functions() {
+            self.isolates.prepare(bundle.clone());
+        }
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
+    }
+
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn isolates(&self) -> &IsolateThreads {
+        &self.isolates
+    }
+
+    pub fn error_detail(&self) -> ErrorDetail {
+        self.error_detail
+    }
+
+    pub fn set_local_addr(&self, addr: SocketAddr) {
+        *self.local_addr.write().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+    }
+
+    /// `host:port` this node listens on, for requests that carry no Host.
+    pub fn local_authority(&self) -> String {
+        self.local_addr.read().unwrap_or_else(|p| p.into_inner()).map_or_else(|| "localhost".into(), |a| a.to_string())
+    }
+}

@@ -1,0 +1,100 @@
+//! Which function answers a request: a pure lookup over the node's current functions.
+//!
+//! In order: the first `routes` pattern that matches (most specific first), then
+//! `NAME.localhost` naming a function, then the fallback function (`tern dev` serves its
+//! project whatever the Host). A [`RouteTable`] is immutable; the node swaps whole tables.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tern_proto::{Bundle, RoutePattern};
+
+#[derive(Default)]
+pub struct RouteTable {
+    by_name: HashMap<String, Arc<Bundle>>,
+    routes: Vec<(RoutePattern, Arc<Bundle>)>,
+    fallback: Option<Arc<Bundle>>,
+}
+
+impl RouteTable {
+    /// A table over `functions`; `fallback` names the function that answers any host.
+    pub fn new(functions: impl IntoIterator<Item = Arc<Bundle>>, fallback: Option<&str>) -> Self {
+        let mut table = Self::default();
+        for bundle in functions {
+            for route in &bundle.manifest.routes {
+                table.routes.push((route.clone(), bundle.clone()));
+            }
+            if fallback == Some(bundle.name()) {
+                table.fallback = Some(bundle.clone());
+            }
+            table.by_name.insert(bundle.name().to_string(), bundle);
+        }
+        table.routes.sort_by(|a, b| b.0.specificity().cmp(&a.0.specificity()));
+        table
+    }
+
+    /// The function for `host` (lower case, without port) and `path`.
+    pub fn resolve(&self, host: &str, path: &str) -> Option<&Arc<Bundle>> {
+        if let Some((_, bundle)) = self.routes.iter().find(|(r, _)| r.matches(host, path)) {
+            return Some(bundle);
+        }
+        if let Some(name) = host.strip_suffix(".localhost") {
+            if let Some(bundle) = self.by_name.get(name) {
+                return Some(bundle);
+            }
+        }
+        self.fallback.as_ref()
+    }
+
+    pub fn functions(&self) -> impl Iterator<Item = &Arc<Bundle>> {
+        self.by_name.values()
+    }
+}
+
+/// The host of a request target or `Host` header: lower case, port and trailing dot removed.
+pub fn normalize_host(raw: &str) -> String {
+    let without_port = if raw.starts_with('[') {
+        raw.split(']').next().map(|h| format!("{h}]")).unwrap_or_default()
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { raw }).to_string()
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_proto::Manifest;
+
+    fn bundle(name: &str, routes: &str) -> Arc<Bundle> {
+        let toml = format!("name = \"{name}\"\nmain = \"a.js\"\nroutes = [{routes}]");
+        Arc::new(Bundle::new(Manifest::parse(&toml).unwrap(), [("a.js".into(), vec![])]).unwrap())
+    }
+
+    #[test]
+    fn routes_then_names_then_fallback() {
+        let table = RouteTable::new(
+            [bundle("api", "\"api.example.com/v1/*\""), bundle("www", "\"*.example.com/*\""), bundle("dev", "")],
+            Some("dev"),
+        );
+        assert_eq!(table.resolve("api.example.com", "/v1/x").unwrap().name(), "api");
+        assert_eq!(table.resolve("api.example.com", "/v2/x").unwrap().name(), "www");
+        assert_eq!(table.resolve("api.localhost", "/").unwrap().name(), "api");
+        assert_eq!(table.resolve("other.test", "/").unwrap().name(), "dev");
+    }
+
+    #[test]
+    fn no_fallback_means_no_route() {
+        let table = RouteTable::new([bundle("api", "")], None);
+        assert!(table.resolve("nope.localhost", "/").is_none());
+        assert!(table.resolve("example.com", "/").is_none());
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(normalize_host("Hello.LOCALHOST:8787"), "hello.localhost");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("[::1]:80"), "[::1]");
+        assert_eq!(normalize_host("127.0.0.1"), "127.0.0.1");
+    }
+}

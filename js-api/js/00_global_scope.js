@@ -1,0 +1,186 @@
+// Tern's global scope: the WinterTC minimum common API, assembled from Deno's Web API
+// extension crates, plus what is ours (console to the node's log, navigator, the
+// Workers handler protocol in 10_handler.js). Runs once per isolate at boot.
+import { core, internals, primordials } from "ext:core/mod.js";
+import { op_tern_log, op_tern_module_bytes } from "ext:core/ops";
+import { installHandlerProtocol } from "ext:tern_api/10_handler.js";
+
+const { ObjectDefineProperty, ObjectDefineProperties, ObjectSetPrototypeOf, SymbolFor } = primordials;
+
+// deno_fetch's 26_fetch.js reaches for Deno's telemetry crate unless these exist.
+internals.__telemetry = {
+  TRACING_ENABLED: false,
+  PROPAGATORS: [],
+  DID_NOT_ENTER: undefined,
+  builtinTracer() {},
+  ContextManager: { active() {} },
+  enterSpan() {},
+  exitSpan() {},
+};
+internals.__telemetryUtil = {
+  updateSpanFromClientResponse() {},
+  updateSpanFromError() {},
+  updateSpanFromRequest() {},
+};
+// CryptoKeys get their brand through this symbol (structuredClone of keys needs it).
+internals.kKeyObject = Symbol("kKeyObject");
+
+const load = (specifier) => core.loadExtScript(specifier);
+const url = load("ext:deno_web/00_url.js");
+const urlPattern = load("ext:deno_web/01_urlpattern.js");
+const domException = load("ext:deno_web/01_dom_exception.js");
+const event = load("ext:deno_web/02_event.js");
+const timers = load("ext:deno_web/02_timers.js");
+const abortSignal = load("ext:deno_web/03_abort_signal.js");
+const globalInterfaces = load("ext:deno_web/04_global_interfaces.js");
+const base64 = load("ext:deno_web/05_base64.js");
+const streams = load("ext:deno_web/06_streams.js");
+const encoding = load("ext:deno_web/08_text_encoding.js");
+const file = load("ext:deno_web/09_file.js");
+const messagePort = load("ext:deno_web/13_message_port.js");
+const compression = load("ext:deno_web/14_compression.js");
+const performance = load("ext:deno_web/15_performance.js");
+const consoleMod = load("ext:deno_web/01_console.js");
+const crypto = load("ext:deno_crypto/00_crypto.js");
+const headers = load("ext:deno_fetch/20_headers.js");
+const formData = load("ext:deno_fetch/21_formdata.js");
+const request = load("ext:deno_fetch/23_request.js");
+const response = load("ext:deno_fetch/23_response.js");
+const fetch = load("ext:deno_fetch/26_fetch.js");
+
+const value = (v) => ({ value: v, writable: true, enumerable: false, configurable: true });
+const enumerable = (v) => ({ value: v, writable: true, enumerable: true, configurable: true });
+const getter = (get) => ({ get, set: undefined, enumerable: true, configurable: true });
+
+// Console: deno_web's formatting, routed to the node's structured log.
+const console = new consoleMod.Console((message, level) => op_tern_log(level, message));
+
+/** Logs an error nobody caught (timers, microtasks, waitUntil, unhandled rejections). */
+export function reportUncaught(where, error) {
+  const text = error && typeof error === "object" && "stack" in error ? String(error.stack) : String(error);
+  op_tern_log(3, `Uncaught (${where}): ${text}`);
+}
+
+// Timers: a throwing callback is logged, as in Workers; it must not take the isolate down.
+const guard = (callback) =>
+  typeof callback === "function"
+    ? function (...args) {
+      try {
+        return callback.apply(this, args);
+      } catch (e) {
+        reportUncaught("in timer", e);
+      }
+    }
+    : callback;
+function setTimeout(callback, delay = 0, ...args) {
+  return timers.setTimeout(guard(callback), delay, ...args);
+}
+function setInterval(callback, delay = 0, ...args) {
+  return timers.setInterval(guard(callback), delay, ...args);
+}
+core.setReportExceptionCallback((e) => reportUncaught("in microtask", e));
+core.setUnhandledPromiseRejectionHandler((_promise, reason) => {
+  reportUncaught("in promise", reason);
+  return true;
+});
+
+class Navigator {
+  get userAgent() {
+    return "Tern/0.1";
+  }
+  get hardwareConcurrency() {
+    return 1;
+  }
+  get language() {
+    return "en";
+  }
+  get languages() {
+    return ["en"];
+  }
+}
+const navigator = new Navigator();
+
+// Bytes of a module of the bundle, for the `.wasm` and `.bin` imports the loader synthesizes.
+const moduleBytes = (path) => op_tern_module_bytes(path);
+
+ObjectDefineProperties(globalThis, {
+  // URL
+  URL: value(url.URL),
+  URLSearchParams: value(url.URLSearchParams),
+  URLPattern: value(urlPattern.URLPattern),
+  // Events and errors
+  DOMException: value(domException.DOMException),
+  Event: value(event.Event),
+  EventTarget: value(event.EventTarget),
+  CustomEvent: value(event.CustomEvent),
+  ErrorEvent: value(event.ErrorEvent),
+  PromiseRejectionEvent: value(event.PromiseRejectionEvent),
+  MessageEvent: value(event.MessageEvent),
+  reportError: value(event.reportError),
+  AbortController: value(abortSignal.AbortController),
+  AbortSignal: value(abortSignal.AbortSignal),
+  // Encoding
+  atob: value(base64.atob),
+  btoa: value(base64.btoa),
+  TextEncoder: value(encoding.TextEncoder),
+  TextDecoder: value(encoding.TextDecoder),
+  TextEncoderStream: value(encoding.TextEncoderStream),
+  TextDecoderStream: value(encoding.TextDecoderStream),
+  // Streams
+  ReadableStream: value(streams.ReadableStream),
+  ReadableStreamDefaultReader: value(streams.ReadableStreamDefaultReader),
+  ReadableStreamBYOBReader: value(streams.ReadableStreamBYOBReader),
+  ReadableStreamBYOBRequest: value(streams.ReadableStreamBYOBRequest),
+  ReadableByteStreamController: value(streams.ReadableByteStreamController),
+  ReadableStreamDefaultController: value(streams.ReadableStreamDefaultController),
+  WritableStream: value(streams.WritableStream),
+  WritableStreamDefaultWriter: value(streams.WritableStreamDefaultWriter),
+  WritableStreamDefaultController: value(streams.WritableStreamDefaultController),
+  TransformStream: value(streams.TransformStream),
+  TransformStreamDefaultController: value(streams.TransformStreamDefaultController),
+  ByteLengthQueuingStrategy: value(streams.ByteLengthQueuingStrategy),
+  CountQueuingStrategy: value(streams.CountQueuingStrategy),
+  CompressionStream: value(compression.CompressionStream),
+  DecompressionStream: value(compression.DecompressionStream),
+  // Files and fetch
+  Blob: value(file.Blob),
+  File: value(file.File),
+  FormData: value(formData.FormData),
+  Headers: value(headers.Headers),
+  Request: value(request.Request),
+  Response: value(response.Response),
+  fetch: enumerable(fetch.fetch),
+  // Scheduling and cloning
+  setTimeout: enumerable(setTimeout),
+  clearTimeout: enumerable(timers.clearTimeout),
+  setInterval: enumerable(setInterval),
+  clearInterval: enumerable(timers.clearInterval),
+  structuredClone: enumerable(messagePort.structuredClone),
+  MessageChannel: value(messagePort.MessageChannel),
+  MessagePort: value(messagePort.MessagePort),
+  // Crypto, performance, console, navigator
+  crypto: getter(() => crypto.crypto),
+  Crypto: value(crypto.Crypto),
+  CryptoKey: value(crypto.CryptoKey),
+  SubtleCrypto: value(crypto.SubtleCrypto),
+  performance: getter(() => performance.performance),
+  Performance: value(performance.Performance),
+  console: value(console),
+  navigator: getter(() => navigator),
+  Navigator: value(Navigator),
+  self: getter(() => globalThis),
+  __ternModuleBytes: { value: moduleBytes, writable: false, enumerable: false, configurable: false },
+});
+performance.setTimeOrigin();
+
+// The global object is an EventTarget (addEventListener("fetch", ...) for service workers).
+ObjectSetPrototypeOf(globalThis, globalInterfaces.WorkerGlobalScope.prototype);
+event.setEventTargetData(globalThis);
+event.saveGlobalThisReference(globalThis);
+
+installHandlerProtocol({ streams, request, response, body: load("ext:deno_fetch/22_body.js"), reportUncaught });
+
+// User code sees the web platform, not the host: no Deno namespace, no bootstrap internals.
+delete globalThis.Deno;
+delete globalThis.__bootstrap;
+ObjectDefineProperty(globalThis, SymbolFor("tern.bootstrapped"), value(true));

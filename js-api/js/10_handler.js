@@ -1,0 +1,235 @@
+// The Workers handler protocol: takes requests from the host (op_tern_next_request), builds
+// Request objects whose bodies stream from the host, calls the function's handler
+// (`export default { fetch(request, env, ctx) }` or a service-worker "fetch" listener) and
+// sends the Response back, streaming its body chunk by chunk. Failures become a tern-error
+// answer from the host; a function's failure never ends the serve loop.
+import { primordials } from "ext:core/mod.js";
+import {
+  op_tern_body_close,
+  op_tern_body_read,
+  op_tern_body_write,
+  op_tern_env,
+  op_tern_fail,
+  op_tern_next_request,
+  op_tern_register_serve,
+  op_tern_respond,
+  op_tern_respond_stream,
+  op_tern_respond_text,
+} from "ext:core/ops";
+
+const { ObjectPrototypeIsPrototypeOf, TypedArrayPrototypeGetSymbolToStringTag, ArrayBufferIsView } = primordials;
+
+export function installHandlerProtocol({ streams, request, response, body, reportUncaught }) {
+  const { ReadableStream, ReadableStreamPrototype } = streams;
+  const { newInnerRequest, fromInnerRequest } = request;
+  const { toInnerResponse, ResponsePrototype } = response;
+  const { InnerBody } = body;
+  const EventTargetAdd = globalThis.EventTarget.prototype.addEventListener;
+  const EventTargetRemove = globalThis.EventTarget.prototype.removeEventListener;
+
+  // Service-worker form: "fetch" listeners are ours to call; other events go to EventTarget.
+  const fetchListeners = [];
+  globalThis.addEventListener = function addEventListener(type, listener, options) {
+    if (type === "fetch") {
+      if (typeof listener === "function" || typeof listener?.handleEvent === "function") {
+        fetchListeners.push(listener);
+      }
+      return;
+    }
+    return EventTargetAdd.call(globalThis, type, listener, options);
+  };
+  globalThis.removeEventListener = function removeEventListener(type, listener, options) {
+    if (type === "fetch") {
+      const i = fetchListeners.indexOf(listener);
+      if (i >= 0) fetchListeners.splice(i, 1);
+      return;
+    }
+    return EventTargetRemove.call(globalThis, type, listener, options);
+  };
+
+  class FetchEvent extends globalThis.Event {
+    #request;
+    #ctx;
+    response = null;
+    constructor(type, init) {
+      super(type);
+      this.#request = init.request;
+      this.#ctx = init.ctx;
+    }
+    get request() {
+      return this.#request;
+    }
+    respondWith(r) {
+      if (this.response !== null) throw new DOMException("respondWith() was already called", "InvalidStateError");
+      this.response = Promise.resolve(r);
+    }
+    waitUntil(p) {
+      this.#ctx.waitUntil(p);
+    }
+    passThroughOnException() {}
+  }
+  globalThis.FetchEvent = FetchEvent;
+
+  function makeCtx() {
+    return {
+      waitUntil(promise) {
+        // Keeping a reference is enough: the isolate's event loop runs until it settles.
+        Promise.resolve(promise).catch((e) => reportUncaught("in waitUntil", e));
+      },
+      passThroughOnException() {},
+      props: {},
+    };
+  }
+
+  function makeRequest(id, method, url, headerList, hasBody) {
+    let inner = null;
+    if (hasBody) {
+      const stream = new ReadableStream({
+        async pull(controller) {
+          const chunk = await op_tern_body_read(id);
+          if (chunk.byteLength === 0) controller.close();
+          else controller.enqueue(chunk);
+        },
+      }, { highWaterMark: 0 });
+      inner = new InnerBody(stream);
+    }
+    return fromInnerRequest(newInnerRequest(method, url, () => headerList, inner, false), "immutable");
+  }
+
+  function describe(value) {
+    if (value === undefined) return "undefined";
+    if (value === null) return "null";
+    if (typeof value === "object") return `an object (${value?.constructor?.name ?? "no constructor"})`;
+    return `a ${typeof value} (${String(value).slice(0, 60)})`;
+  }
+
+  function errorText(e) {
+    return e && typeof e === "object" && "stack" in e ? String(e.stack) : String(e);
+  }
+
+  function toBytes(chunk) {
+    if (ArrayBufferIsView(chunk)) {
+      return TypedArrayPrototypeGetSymbolToStringTag(chunk) === "Uint8Array"
+        ? chunk
+        : new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    }
+    if (chunk instanceof ArrayBuffer) return new Uint8Array(chunk);
+    throw new TypeError(`response body chunks must be Uint8Array or ArrayBuffer, got ${describe(chunk)}`);
+  }
+
+  async function sendResponse(id, res) {
+    if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, res)) {
+      op_tern_fail(id, "invalid_response", `the handler returned ${describe(res)}, not a Response`);
+      return;
+    }
+    const inner = toInnerResponse(res);
+    if (inner.type === "error") {
+      op_tern_fail(id, "invalid_response", "the handler returned Response.error()");
+      return;
+    }
+    const status = inner.status;
+    const headerList = inner.headerList;
+    const innerBody = inner.body;
+    if (innerBody === null) {
+      op_tern_respond(id, status, headerList, null);
+      return;
+    }
+    const source = innerBody.streamOrStatic;
+    if (!ObjectPrototypeIsPrototypeOf(ReadableStreamPrototype, source)) {
+      source.consumed = true;
+      if (typeof source.body === "string") op_tern_respond_text(id, status, headerList, source.body);
+      else op_tern_respond(id, status, headerList, source.body);
+      return;
+    }
+    op_tern_respond_stream(id, status, headerList);
+    const reader = source.getReader();
+    for (;;) {
+      let next;
+      try {
+        next = await reader.read();
+      } catch (e) {
+        op_tern_fail(id, "uncaught_exception", `response body stream failed: ${errorText(e)}`);
+        return;
+      }
+      if (next.done) break;
+      let bytes;
+      try {
+        bytes = toBytes(next.value);
+      } catch (e) {
+        reader.cancel(e).catch(() => {});
+        op_tern_fail(id, "invalid_response", e.message);
+        return;
+      }
+      try {
+        await op_tern_body_write(id, bytes);
+      } catch (e) {
+        // The client went away: stop the function's stream, nothing to report.
+        reader.cancel(e).catch(() => {});
+        op_tern_body_close(id);
+        return;
+      }
+    }
+    op_tern_body_close(id);
+  }
+
+  async function handle(handler, exchange) {
+    const id = exchange[0];
+    let res;
+    try {
+      const req = makeRequest(id, exchange[1], exchange[2], exchange[3], exchange[4]);
+      res = await handler(req, makeCtx());
+    } catch (e) {
+      op_tern_fail(id, "uncaught_exception", errorText(e));
+      return;
+    }
+    try {
+      await sendResponse(id, res);
+    } catch (e) {
+      op_tern_fail(id, "uncaught_exception", errorText(e));
+    }
+  }
+
+  function moduleHandler(mod, env) {
+    return (req, ctx) => mod.fetch(req, env, ctx);
+  }
+
+  function serviceWorkerHandler() {
+    return async (req, ctx) => {
+      const event = new FetchEvent("fetch", { request: req, ctx });
+      for (const listener of fetchListeners) {
+        if (typeof listener === "function") listener.call(globalThis, event);
+        else listener.handleEvent(event);
+        if (event.response !== null) break;
+      }
+      if (event.response === null) {
+        throw new TypeError("no \"fetch\" listener called event.respondWith()");
+      }
+      return await event.response;
+    };
+  }
+
+  /** Called by the host with the main module's namespace once it has evaluated. */
+  function serve(namespace) {
+    const env = JSON.parse(op_tern_env());
+    const mod = namespace.default;
+    let handler;
+    if (mod !== null && (typeof mod === "object" || typeof mod === "function") && typeof mod.fetch === "function") {
+      handler = moduleHandler(mod, env);
+    } else if (fetchListeners.length > 0) {
+      handler = serviceWorkerHandler();
+    } else {
+      throw new TypeError(
+        "the main module has no handler: write `export default { async fetch(request, env, ctx) { ... } }` " +
+          "or call `addEventListener(\"fetch\", (event) => event.respondWith(...))`",
+      );
+    }
+    (async () => {
+      for (;;) {
+        const exchange = await op_tern_next_request();
+        if (exchange === null) return;
+        handle(handler, exchange);
+      }
+    })();
+  }
+  op_tern_register_serve(serve);
+}

@@ -1,0 +1,362 @@
+//! The exchange: how one HTTP request crosses from the host into a function and its
+//! response crosses back, with bodies streaming both ways.
+//!
+//! The host puts [`Exchange`]s into the isolate's [`Inbox`]; the handler glue
+//! (`js/20_handler.js`) pulls them with `op_tern_next_request`, reads the request body on
+//! demand with `op_tern_body_read`, and answers with `op_tern_respond` plus, for a streamed
+//! body, `op_tern_body_write`/`op_tern_body_close`. Nothing here buffers a whole body.
+//! Ops decode, borrow state and call the plain functions below; they know no HTTP server.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use deno_core::convert::Uint8Array;
+use deno_core::convert::ByteString;
+use deno_core::{OpState, op2};
+use deno_error::JsErrorBox;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{mpsc, oneshot};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The request body as the host hands it over: any streaming body.
+pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Chunks of a streamed response body in flight between the isolate and the connection.
+const RESPONSE_CHANNEL_CHUNKS: usize = 8;
+
+/// One request on its way into a function, and the slot its answer goes into.
+pub struct Exchange {
+    pub request: http::Request<RequestBody>,
+    /// The absolute URL the function sees as `request.url`.
+    pub url: String,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// What a function answered.
+pub enum Reply {
+    Response(http::Response<ResponseBody>),
+    Failed(Failure),
+}
+
+/// Why a function produced no response. `kind` maps to the `tern-error` header.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The handler threw or its promise rejected.
+    UncaughtException,
+    /// The handler returned something that is not a `Response`.
+    InvalidResponse,
+    /// The function's modules failed to load or evaluate, or it has no handler.
+    LoadFailed,
+    /// The isolate stopped before it answered (fatal engine error).
+    IsolateFailed,
+}
+
+impl FailureKind {
+    /// The value of the `tern-error` response header.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::UncaughtException => "uncaught_exception",
+            Self::InvalidResponse => "invalid_response",
+            Self::LoadFailed => "load_failed",
+            Self::IsolateFailed => "isolate_failed",
+        }
+    }
+
+    fn from_code(code: &str) -> Self {
+        match code {
+            "invalid_response" => Self::InvalidResponse,
+            "load_failed" => Self::LoadFailed,
+            _ => Self::UncaughtException,
+        }
+    }
+}
+
+/// A response body: empty, one buffer, or chunks streamed from the isolate.
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Stream(mpsc::Receiver<Result<Bytes, StreamAborted>>),
+}
+
+/// The function's response stream errored after the head was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("the function's response stream failed: {0}")]
+pub struct StreamAborted(pub String);
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = StreamAborted;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamAborted>>> {
+        match self.get_mut() {
+            Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Self::Stream(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|r| r.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Self::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Self::Full(None) => SizeHint::with_exact(0),
+            Self::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// The isolate's queue of incoming exchanges. Shared (`Rc`) so that the host can hand the
+/// same queue to a replacement isolate if one dies.
+#[derive(Clone)]
+pub struct Inbox(Rc<RefCell<mpsc::UnboundedReceiver<Exchange>>>);
+
+impl Inbox {
+    pub fn new(rx: mpsc::UnboundedReceiver<Exchange>) -> Self {
+        Self(Rc::new(RefCell::new(rx)))
+    }
+
+    /// The next exchange, or `None` once the host has closed the queue (version replaced).
+    pub async fn next(&self) -> Option<Exchange> {
+        std::future::poll_fn(|cx| self.0.borrow_mut().poll_recv(cx)).await
+    }
+
+    pub fn try_next(&self) -> Option<Exchange> {
+        self.0.borrow_mut().try_recv().ok()
+    }
+}
+
+/// Identifies the function an isolate runs, for logs and errors.
+#[derive(Debug, Clone)]
+pub struct FunctionIdentity {
+    pub name: String,
+    pub version: String,
+}
+
+/// Exchanges taken by the isolate and not yet finished.
+#[derive(Default)]
+pub struct InFlight {
+    next_id: u32,
+    entries: HashMap<u32, Entry>,
+}
+
+struct Entry {
+    body: Option<RequestBody>,
+    reply: Option<oneshot::Sender<Reply>>,
+    stream: Option<mpsc::Sender<Result<Bytes, StreamAborted>>>,
+}
+
+impl InFlight {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn insert(&mut self, body: Option<RequestBody>, reply: oneshot::Sender<Reply>) -> u32 {
+        self.next_id = self.next_id.wrapping_add(1);
+        self.entries.insert(self.next_id, Entry { body, reply: Some(reply), stream: None });
+        self.next_id
+    }
+
+    /// Fails every exchange still open: used when the isolate dies under them.
+    pub fn fail_all(&mut self, failure: &Failure) {
+        for (_, mut entry) in self.entries.drain() {
+            if let Some(reply) = entry.reply.take() {
+                let _ = reply.send(Reply::Failed(failure.clone()));
+            }
+            if let Some(stream) = entry.stream.take() {
+                let _ = stream.try_send(Err(StreamAborted(failure.detail.clone())));
+            }
+        }
+    }
+}
+
+fn unknown(id: u32) -> JsErrorBox {
+    JsErrorBox::type_error(format!("request {id} is already finished"))
+}
+
+/// Sends the response head; returns the body sender when the body is streamed.
+fn respond(
+    state: &mut OpState,
+    id: u32,
+    status: u16,
+    headers: Vec<(ByteString, ByteString)>,
+    body: ResponseBodyInit,
+) -> Result<(), JsErrorBox> {
+    let mut builder = http::Response::builder().status(status);
+    for (name, value) in headers {
+        builder = builder.header(&name[..], &value[..]);
+    }
+    let table = state.borrow_mut::<InFlight>();
+    let entry = table.entries.get_mut(&id).ok_or_else(|| unknown(id))?;
+    let reply = entry.reply.take().ok_or_else(|| JsErrorBox::type_error("response already sent"))?;
+    let body = match body {
+        ResponseBodyInit::Full(bytes) => {
+            table.entries.remove(&id);
+            ResponseBody::Full(bytes.filter(|b| !b.is_empty()))
+        }
+        ResponseBodyInit::Stream => {
+            let (tx, rx) = mpsc::channel(RESPONSE_CHANNEL_CHUNKS);
+            entry.stream = Some(tx);
+            ResponseBody::Stream(rx)
+        }
+    };
+    let response = builder.body(body).map_err(|e| JsErrorBox::type_error(format!("invalid response: {e}")))?;
+    // The client may be gone already; that is not the function's error.
+    let _ = reply.send(Reply::Response(response));
+    Ok(())
+}
+
+enum ResponseBodyInit {
+    Full(Option<Bytes>),
+    Stream,
+}
+
+/// Waits for the next request. Resolves to `null` when the isolate should stop taking work.
+/// Returns `[id, method, url, headers, hasBody]`.
+#[op2]
+pub async fn op_tern_next_request(
+    state: Rc<RefCell<OpState>>,
+) -> Option<(u32, String, String, Vec<(ByteString, ByteString)>, bool)> {
+    let inbox = state.borrow().borrow::<Inbox>().clone();
+    let exchange = inbox.next().await?;
+    let (parts, body) = exchange.request.into_parts();
+    let has_body = !body.is_end_stream() && !matches!(parts.method, http::Method::GET | http::Method::HEAD);
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_bytes())))
+        .collect();
+    let id = state.borrow_mut().borrow_mut::<InFlight>().insert(has_body.then_some(body), exchange.reply);
+    Some((id, parts.method.to_string(), exchange.url, headers, has_body))
+}
+
+/// Reads the next chunk of a request body; an empty array means the body ended.
+#[op2]
+pub async fn op_tern_body_read(state: Rc<RefCell<OpState>>, id: u32) -> Result<Uint8Array, JsErrorBox> {
+    let taken = {
+        let mut s = state.borrow_mut();
+        let entry = s.borrow_mut::<InFlight>().entries.get_mut(&id).ok_or_else(|| unknown(id))?;
+        entry.body.take()
+    };
+    let Some(mut body) = taken else {
+        return Ok(Uint8Array::from(Vec::new()));
+    };
+    loop {
+        match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            None => return Ok(Uint8Array::from(Vec::new())),
+            Some(Err(e)) => return Err(JsErrorBox::type_error(format!("request body: {e}"))),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if let Some(entry) = state.borrow_mut().borrow_mut::<InFlight>().entries.get_mut(&id) {
+                        entry.body = Some(body);
+                    }
+                    return Ok(Uint8Array::from(data.to_vec()));
+                }
+            }
+        }
+    }
+}
+
+/// Answers with a complete body (or none).
+#[op2]
+pub fn op_tern_respond(
+    state: &mut OpState,
+    id: u32,
+    status: u16,
+    #[scoped] headers: Vec<(ByteString, ByteString)>,
+    body: Option<Uint8Array>,
+) -> Result<(), JsErrorBox> {
+    let bytes = body.map(|b| Bytes::from(Vec::from(b.0)));
+    respond(state, id, status, headers, ResponseBodyInit::Full(bytes))
+}
+
+/// Answers with a text body.
+#[op2]
+pub fn op_tern_respond_text(
+    state: &mut OpState,
+    id: u32,
+    status: u16,
+    #[scoped] headers: Vec<(ByteString, ByteString)>,
+    #[string] body: String,
+) -> Result<(), JsErrorBox> {
+    respond(state, id, status, headers, ResponseBodyInit::Full(Some(Bytes::from(body))))
+}
+
+/// Sends the head of a response whose body follows through `op_tern_body_write`.
+#[op2]
+pub fn op_tern_respond_stream(
+    state: &mut OpState,
+    id: u32,
+    status: u16,
+    #[scoped] headers: Vec<(ByteString, ByteString)>,
+) -> Result<(), JsErrorBox> {
+    respond(state, id, status, headers, ResponseBodyInit::Stream)
+}
+
+/// Writes one chunk of a streamed response; waits while the client is slower than the
+/// function. Rejects when the client went away, so the function's stream is cancelled.
+#[op2]
+pub async fn op_tern_body_write(
+    state: Rc<RefCell<OpState>>,
+    id: u32,
+    chunk: Uint8Array,
+) -> Result<(), JsErrorBox> {
+    let tx = {
+        let s = state.borrow();
+        let entry = s.borrow::<InFlight>().entries.get(&id).ok_or_else(|| unknown(id))?;
+        entry.stream.clone().ok_or_else(|| JsErrorBox::type_error("response is not streaming"))?
+    };
+    if chunk.0.is_empty() {
+        return Ok(());
+    }
+    tx.send(Ok(Bytes::from(Vec::from(chunk.0))))
+        .await
+        .map_err(|_| JsErrorBox::type_error("the client closed the connection"))
+}
+
+/// Ends a streamed response normally.
+#[op2(fast)]
+pub fn op_tern_body_close(state: &mut OpState, id: u32) {
+    state.borrow_mut::<InFlight>().entries.remove(&id);
+}
+
+/// Ends an exchange with a failure: before the head, the host answers with the failure;
+/// after it, the stream is aborted.
+#[op2(fast)]
+pub fn op_tern_fail(state: &mut OpState, id: u32, #[string] kind: &str, #[string] detail: String) {
+    let Some(mut entry) = state.borrow_mut::<InFlight>().entries.remove(&id) else {
+        return;
+    };
+    let failure = Failure { kind: FailureKind::from_code(kind), detail: detail.replace(crate::MODULE_ROOT, "") };
+    let function = state.borrow::<FunctionIdentity>();
+    tracing::error!(
+        target: "tern::function",
+        function = %function.name,
+        version = %function.version,
+        tern_error = failure.kind.code(),
+        "{}",
+        failure.detail
+    );
+    if let Some(reply) = entry.reply.take() {
+        let _ = reply.send(Reply::Failed(failure));
+    } else if let Some(stream) = entry.stream.take() {
+        let _ = stream.try_send(Err(StreamAborted(failure.detail)));
+    }
+}

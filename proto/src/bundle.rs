@@ -1,0 +1,213 @@
+//! A bundle: one immutable version of a function, its modules plus its manifest.
+//!
+//! Module kinds follow the Workers module rules: `.js`/`.mjs` are ES modules, `.json` is a
+//! JSON module, `.wasm` a compiled WebAssembly module, `.txt`/`.html`/`.sql`/`.css`/`.svg`/`.md`
+//! text, `.bin` bytes. A bundle is addressed by the SHA-256 of a canonical encoding of its
+//! manifest and modules, so the same project always yields the same [`BundleId`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::manifest::Manifest;
+
+/// A path inside a bundle: relative, `/`-separated, no `.` or `..` segments.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ModulePath(String);
+
+impl ModulePath {
+    pub fn new(path: &str) -> Result<Self, BundleError> {
+        let path = path.trim_start_matches("./");
+        let ok = !path.is_empty()
+            && !path.starts_with('/')
+            && !path.contains('\\')
+            && !path.contains('\0')
+            && path.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+        if ok { Ok(Self(path.to_string())) } else { Err(BundleError::BadPath(path.to_string())) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ModulePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleKind {
+    EsModule,
+    Json,
+    Wasm,
+    Text,
+    Data,
+}
+
+impl ModuleKind {
+    /// The kind a file gets from its extension, or `None` for files that are not modules.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase())?;
+        Some(match ext.as_str() {
+            "js" | "mjs" => Self::EsModule,
+            "json" => Self::Json,
+            "wasm" => Self::Wasm,
+            "txt" | "html" | "htm" | "sql" | "css" | "svg" | "md" => Self::Text,
+            "bin" => Self::Data,
+            _ => return None,
+        })
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            Self::EsModule => 1,
+            Self::Json => 2,
+            Self::Wasm => 3,
+            Self::Text => 4,
+            Self::Data => 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    pub kind: ModuleKind,
+    pub bytes: Arc<[u8]>,
+}
+
+/// SHA-256 of a bundle's canonical encoding.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BundleId([u8; 32]);
+
+impl BundleId {
+    /// The first 12 hex digits: enough to tell versions apart in logs.
+    pub fn short(&self) -> String {
+        self.to_string()[..12].to_string()
+    }
+}
+
+impl fmt::Display for BundleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for BundleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BundleId({})", self.short())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BundleError {
+    #[error("module path {0:?} must be relative, '/'-separated, without '.' or '..' segments")]
+    BadPath(String),
+    #[error("main module {0:?} is not in the bundle")]
+    MissingMain(String),
+    #[error("main module {0:?} must be a .js or .mjs file")]
+    MainNotJavaScript(String),
+    #[error("module {0:?}: file type not supported (use .js, .mjs, .json, .wasm, .txt, .html, .bin ...)")]
+    UnknownKind(String),
+}
+
+/// One immutable version of a function.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub manifest: Manifest,
+    pub modules: BTreeMap<ModulePath, Module>,
+    id: BundleId,
+}
+
+impl Bundle {
+    /// Builds a bundle from files; every file must be a module kind and `main` must be one.
+    pub fn new(manifest: Manifest, files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Result<Self, BundleError> {
+        let mut modules = BTreeMap::new();
+        for (path, bytes) in files {
+            let kind = ModuleKind::from_path(&path).ok_or_else(|| BundleError::UnknownKind(path.clone()))?;
+            modules.insert(ModulePath::new(&path)?, Module { kind, bytes: bytes.into() });
+        }
+        let main = ModulePath::new(&manifest.main)?;
+        match modules.get(&main) {
+            None => return Err(BundleError::MissingMain(manifest.main.clone())),
+            Some(m) if m.kind != ModuleKind::EsModule => return Err(BundleError::MainNotJavaScript(manifest.main.clone())),
+            Some(_) => {}
+        }
+        let id = Self::compute_id(&manifest, &modules);
+        Ok(Self { manifest, modules, id })
+    }
+
+    pub fn id(&self) -> BundleId {
+        self.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    pub fn main_path(&self) -> ModulePath {
+        ModulePath::new(&self.manifest.main).expect("validated in Bundle::new")
+    }
+
+    fn compute_id(manifest: &Manifest, modules: &BTreeMap<ModulePath, Module>) -> BundleId {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let manifest_json = serde_json::to_vec(manifest).expect("manifest serializes");
+        let mut field = |bytes: &[u8]| {
+            ctx.update(&(bytes.len() as u64).to_le_bytes());
+            ctx.update(bytes);
+        };
+        field(b"tern-bundle-v1");
+        field(&manifest_json);
+        for (path, module) in modules {
+            field(path.as_str().as_bytes());
+            field(&[module.kind.tag()]);
+            field(&module.bytes);
+        }
+        let digest = ctx.finish();
+        let mut id = [0u8; 32];
+        id.copy_from_slice(digest.as_ref());
+        BundleId(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(main: &str) -> Manifest {
+        Manifest::for_single_file("f", main).unwrap()
+    }
+
+    #[test]
+    fn same_content_same_id_and_any_change_changes_it() {
+        let a = Bundle::new(manifest("a.js"), [("a.js".into(), b"export default {}".to_vec())]).unwrap();
+        let b = Bundle::new(manifest("a.js"), [("a.js".into(), b"export default {}".to_vec())]).unwrap();
+        let c = Bundle::new(manifest("a.js"), [("a.js".into(), b"export default {} ".to_vec())]).unwrap();
+        assert_eq!(a.id(), b.id());
+        assert_ne!(a.id(), c.id());
+        assert_eq!(a.id().to_string().len(), 64);
+    }
+
+    #[test]
+    fn path_traversal_is_refused() {
+        for bad in ["../x.js", "/etc/x.js", "a/../../x.js", "a//b.js", "a\\b.js"] {
+            assert!(matches!(ModulePath::new(bad), Err(BundleError::BadPath(_))), "{bad}");
+        }
+        assert_eq!(ModulePath::new("./src/a.js").unwrap().as_str(), "src/a.js");
+    }
+
+    #[test]
+    fn main_must_exist_and_be_javascript() {
+        let e = Bundle::new(manifest("b.js"), [("a.js".into(), vec![])]).unwrap_err();
+        assert_eq!(e, BundleError::MissingMain("b.js".into()));
+        let e = Bundle::new(manifest("a.json"), [("a.json".into(), b"{}".to_vec())]).unwrap_err();
+        assert_eq!(e, BundleError::MainNotJavaScript("a.json".into()));
+    }
+
+    #[test]
+    fn unknown_file_types_are_refused() {
+        let e = Bundle::new(manifest("a.js"), [("a.js".into(), vec![]), ("x.exe".into(), vec![])]).unwrap_err();
+        assert_eq!(e, BundleError::UnknownKind("x.exe".into()));
+    }
+}

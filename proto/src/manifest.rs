@@ -1,0 +1,175 @@
+//! The `tern.toml` manifest of a function project, in the spirit of `wrangler.toml`.
+//!
+//! ```toml
+//! name = "hello"                      # required: [a-z0-9-], 1-63 chars; also `NAME.localhost`
+//! main = "src/index.js"               # required: the entry module, relative to the project
+//! compatibility_date = "2026-11-01"   # optional, YYYY-MM-DD
+//! routes = ["api.example.com/v1/*"]   # optional: see `route`
+//! [vars]                              # optional: reach the function as `env.KEY`
+//! GREETING = "hi"                     # strings stay strings; other TOML values become JSON
+//! ```
+//! Unknown keys are refused (a typo should not silently do nothing); errors carry the line.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::route::{RoutePattern, RoutePatternError};
+
+/// A validated manifest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Manifest {
+    pub name: String,
+    pub main: String,
+    pub compatibility_date: Option<String>,
+    #[serde(serialize_with = "serialize_routes")]
+    pub routes: Vec<RoutePattern>,
+    pub vars: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    main: String,
+    compatibility_date: Option<String>,
+    #[serde(default)]
+    routes: Vec<String>,
+    #[serde(default)]
+    vars: toml::Table,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("tern.toml: {0}")]
+    Toml(String),
+    #[error("tern.toml: name {0:?} must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'")]
+    BadName(String),
+    #[error("tern.toml: main {0:?} must be a relative path inside the project (no '..', no leading '/')")]
+    BadMain(String),
+    #[error("tern.toml: compatibility_date {0:?} must be a date written YYYY-MM-DD")]
+    BadDate(String),
+    #[error("tern.toml: {0}")]
+    BadRoute(#[from] RoutePatternError),
+    #[error("tern.toml: [vars] {0}: {1}")]
+    BadVar(String, String),
+}
+
+impl Manifest {
+    /// Parses and validates `tern.toml` text.
+    pub fn parse(text: &str) -> Result<Self, ManifestError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Toml(one_line(&e)))?;
+        Self::from_parts(raw.name, raw.main, raw.compatibility_date, &raw.routes, raw.vars)
+    }
+
+    /// A manifest for a single-file function (no `tern.toml`): name from the file stem.
+    pub fn for_single_file(name: &str, main: &str) -> Result<Self, ManifestError> {
+        Self::from_parts(name.to_string(), main.to_string(), None, &[], toml::Table::new())
+    }
+
+    fn from_parts(
+        name: String,
+        main: String,
+        compatibility_date: Option<String>,
+        routes: &[String],
+        vars: toml::Table,
+    ) -> Result<Self, ManifestError> {
+        if !valid_name(&name) {
+            return Err(ManifestError::BadName(name));
+        }
+        let main = main.trim_start_matches("./").to_string();
+        if main.is_empty() || main.starts_with('/') || main.split('/').any(|p| p == "..") {
+            return Err(ManifestError::BadMain(main));
+        }
+        if let Some(date) = &compatibility_date {
+            if !valid_date(date) {
+                return Err(ManifestError::BadDate(date.clone()));
+            }
+        }
+        let routes = routes.iter().map(|r| RoutePattern::parse(r)).collect::<Result<Vec<_>, _>>()?;
+        let vars = vars
+            .into_iter()
+            .map(|(k, v)| {
+                let json = serde_json::to_value(&v).map_err(|e| ManifestError::BadVar(k.clone(), e.to_string()))?;
+                Ok((k, json))
+            })
+            .collect::<Result<_, ManifestError>>()?;
+        Ok(Self { name, main, compatibility_date, routes, vars })
+    }
+}
+
+/// toml's errors span several lines with a source excerpt; keep the first line plus position.
+fn one_line(e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => format!("{msg} (at byte {})", span.start),
+        None => msg,
+    }
+}
+
+pub fn valid_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn valid_date(date: &str) -> bool {
+    let parts: Vec<&str> = date.split('-').collect();
+    matches!(parts.as_slice(), [y, m, d]
+        if y.len() == 4 && m.len() == 2 && d.len() == 2
+        && [y, m, d].iter().all(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        && (1..=12).contains(&m.parse::<u8>().unwrap_or(0))
+        && (1..=31).contains(&d.parse::<u8>().unwrap_or(0)))
+}
+
+fn serialize_routes<S: serde::Serializer>(routes: &[RoutePattern], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(routes.iter().map(RoutePattern::as_str))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_manifest_parses() {
+        let m = Manifest::parse(
+            r#"
+            name = "api"
+            main = "./src/index.js"
+            compatibility_date = "2026-11-01"
+            routes = ["api.example.com/v1/*"]
+            [vars]
+            GREETING = "hi"
+            RETRIES = 3
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.name, "api");
+        assert_eq!(m.main, "src/index.js");
+        assert_eq!(m.routes[0].as_str(), "api.example.com/v1/*");
+        assert_eq!(m.vars["GREETING"], serde_json::json!("hi"));
+        assert_eq!(m.vars["RETRIES"], serde_json::json!(3));
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name() {
+        let err = Manifest::parse("name = \"a\"\nmain = \"a.js\"\nroute = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("route"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(matches!(Manifest::parse("name = \"Bad_Name\"\nmain = \"a.js\""), Err(ManifestError::BadName(_))));
+        assert!(matches!(Manifest::parse("name = \"a\"\nmain = \"../a.js\""), Err(ManifestError::BadMain(_))));
+        assert!(matches!(
+            Manifest::parse("name = \"a\"\nmain = \"a.js\"\ncompatibility_date = \"2026-13-01\""),
+            Err(ManifestError::BadDate(_))
+        ));
+        assert!(matches!(
+            Manifest::parse("name = \"a\"\nmain = \"a.js\"\nroutes = [\"http://x/*\"]"),
+            Err(ManifestError::BadRoute(_))
+        ));
+        assert!(matches!(Manifest::parse("name = \"a\""), Err(ManifestError::Toml(_))));
+    }
+}

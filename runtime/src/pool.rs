@@ -1,0 +1,132 @@
+//! Isolate threads. `JsRuntime` is `!Send`, so each thread owns its isolates and a
+//! current-thread tokio runtime; [`IsolateThreads::dispatch`] sends a request to the thread
+//! that holds (or will hold) the function's isolate. A function lives on one thread, chosen
+//! by a hash of its name, and one isolate serves all its concurrent requests: its async code
+//! interleaves on that thread's event loop.
+//!
+//! A new version of a function replaces its isolate atomically: requests already inside the
+//! old isolate finish there, new ones go to the new isolate.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::thread;
+
+use tern_js_api::exchange::{Exchange, Failure, FailureKind, Inbox, Reply};
+use tern_proto::{Bundle, BundleId};
+use tokio::sync::mpsc;
+
+use crate::isolate::run_function;
+
+enum Command {
+    Dispatch { bundle: Arc<Bundle>, exchange: Exchange },
+    Prepare { bundle: Arc<Bundle> },
+}
+
+/// Handle to the isolate threads; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct IsolateThreads {
+    threads: Arc<[mpsc::UnboundedSender<Command>]>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not start isolate thread {index}: {source}")]
+pub struct StartError {
+    index: usize,
+    source: std::io::Error,
+}
+
+impl IsolateThreads {
+    /// Starts `count` isolate threads (at least one).
+    pub fn start(count: usize) -> Result<Self, StartError> {
+        let threads = (0..count.max(1))
+            .map(|index| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                thread::Builder::new()
+                    .name(format!("tern-isolates-{index}"))
+                    .spawn(move || isolate_thread(rx))
+                    .map_err(|source| StartError { index, source })?;
+                Ok(tx)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { threads: threads.into() })
+    }
+
+    /// Boots the isolate of `bundle` ahead of its first request (load errors are logged now).
+    pub fn prepare(&self, bundle: Arc<Bundle>) {
+        let thread = &self.threads[thread_for(bundle.name(), self.threads.len())];
+        let _ = thread.send(Command::Prepare { bundle });
+    }
+
+    /// Hands `exchange` to the isolate of `bundle`, booting it if needed.
+    pub fn dispatch(&self, bundle: Arc<Bundle>, exchange: Exchange) {
+        let thread = &self.threads[thread_for(bundle.name(), self.threads.len())];
+        if let Err(mpsc::error::SendError(Command::Dispatch { exchange, .. })) =
+            thread.send(Command::Dispatch { bundle, exchange })
+        {
+            let failure = Failure { kind: FailureKind::IsolateFailed, detail: "isolate thread is gone".into() };
+            let _ = exchange.reply.send(Reply::Failed(failure));
+        }
+    }
+}
+
+fn thread_for(function: &str, threads: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    function.hash(&mut h);
+    (h.finish() % threads as u64) as usize
+}
+
+/// The live isolate of one function on this thread.
+struct Slot {
+    version: BundleId,
+    inbox: mpsc::UnboundedSender<Exchange>,
+}
+
+fn isolate_thread(mut commands: mpsc::UnboundedReceiver<Command>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("isolate thread runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let mut slots: HashMap<String, Slot> = HashMap::new();
+        while let Some(command) = commands.recv().await {
+            match command {
+                Command::Prepare { bundle } => {
+                    inbox_for(&mut slots, bundle);
+                }
+                Command::Dispatch { bundle, exchange } => {
+                    let inbox = inbox_for(&mut slots, bundle);
+                    if let Err(mpsc::error::SendError(exchange)) = inbox.send(exchange) {
+                        let failure = Failure { kind: FailureKind::IsolateFailed, detail: "isolate stopped".into() };
+                        let _ = exchange.reply.send(Reply::Failed(failure));
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The inbox of the isolate running `bundle`, starting one if this version has none. The
+/// previous version's inbox is dropped: its isolate finishes what it holds, then stops.
+fn inbox_for(slots: &mut HashMap<String, Slot>, bundle: Arc<Bundle>) -> mpsc::UnboundedSender<Exchange> {
+    if let Some(slot) = slots.get(bundle.name()).filter(|s| s.version == bundle.id() && !s.inbox.is_closed()) {
+        return slot.inbox.clone();
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    tracing::info!(function = bundle.name(), version = %bundle.id().short(), "starting isolate");
+    slots.insert(bundle.name().to_string(), Slot { version: bundle.id(), inbox: tx.clone() });
+    tokio::task::spawn_local(run_function(bundle, Inbox::new(rx)));
+    tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_function_always_maps_to_the_same_thread() {
+        for name in ["a", "hello", "api-v2"] {
+            let t = thread_for(name, 4);
+            assert!(t < 4);
+            assert_eq!(t, thread_for(name, 4));
+        }
+    }
+}
