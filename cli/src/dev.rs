@@ -45,15 +45,14 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     if let Some(dup) = names.windows(2).find(|w| w[0] == w[1]) {
         anyhow::bail!("two projects are named {:?}; names must be unique", dup[0]);
     }
-    let isolates = IsolateThreads::start(options.isolate_threads)?;
-    let node = Arc::new(EdgeNode::new(isolates, ErrorDetail::Expose));
-    let single = projects.len() == 1;
-    node.set_routes(table(&projects, single));
-
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(options.addr, options.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", options.addr, options.port))?;
     let local = listener.local_addr()?;
+    let isolates = IsolateThreads::start(options.isolate_threads)?;
+    let node = Arc::new(EdgeNode::new(isolates, ErrorDetail::Expose));
+    let single = projects.len() == 1;
+    node.set_routes(table(&projects, single));
     node.set_local_addr(local);
     for p in &projects {
         let url = if single {

@@ -53,6 +53,7 @@ const enumerable = (v) => ({ value: v, writable: true, enumerable: true, configu
 const getter = (get) => ({ get, set: undefined, enumerable: true, configurable: true });
 
 // Console: deno_web's formatting, routed to the node's structured log.
+consoleMod.setNoColorFns(() => true, () => true);
 const console = new consoleMod.Console((message, level) => op_tern_log(level, message));
 
 /** Logs an error nobody caught (timers, microtasks, waitUntil, unhandled rejections). */
@@ -72,11 +73,13 @@ const guard = (callback) =>
       }
     }
     : callback;
+// Called unbound: deno_web's timers refuse a `this` other than the global object.
+const { setTimeout: webSetTimeout, setInterval: webSetInterval } = timers;
 function setTimeout(callback, delay = 0, ...args) {
-  return timers.setTimeout(guard(callback), delay, ...args);
+  return webSetTimeout(guard(callback), delay, ...args);
 }
 function setInterval(callback, delay = 0, ...args) {
-  return timers.setInterval(guard(callback), delay, ...args);
+  return webSetInterval(guard(callback), delay, ...args);
 }
 core.setReportExceptionCallback((e) => reportUncaught("in microtask", e));
 core.setUnhandledPromiseRejectionHandler((_promise, reason) => {
