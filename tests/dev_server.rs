@@ -9,7 +9,7 @@ use support::*;
 #[tokio::test]
 async fn serves_one_project_whatever_the_host_and_says_where() {
     let tern = Tern::dev(&[&repo_root().join("examples/hello")]);
-    assert!(tern.output().contains(&format!("serving hello (version ")));
+    assert!(tern.output().contains(&"serving hello (version ".to_string()));
     for host in ["localhost", "anything.example", "127.0.0.1"] {
         let a = get(&tern, host, "/").await;
         assert_eq!((a.status, a.text.as_str(), a.header("x-hello")), (200, "hello", Some("world")));

@@ -38,7 +38,8 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     let mut projects = Vec::new();
     for path in &options.paths {
         let bundle = project::load(path)?;
-        projects.push(Project { path: path.clone(), bundle: Arc::new(bundle) });
+        let path = path.canonicalize().with_context(|| format!("{}", path.display()))?;
+        projects.push(Project { path, bundle: Arc::new(bundle) });
     }
     let mut names: Vec<&str> = projects.iter().map(|p| p.bundle.name()).collect();
     names.sort_unstable();
@@ -97,8 +98,8 @@ fn table(projects: &[Project], single: bool) -> RouteTable {
 fn reload(projects: &mut [Project], touched: &[PathBuf]) -> bool {
     let mut changed = false;
     for p in projects.iter_mut() {
-        let root = if p.path.is_dir() { p.path.clone() } else { p.path.clone() };
-        if !touched.iter().any(|t| t.starts_with(&root) || same_file(t, &root)) {
+        // `p.path` is canonical; notify reports absolute paths.
+        if !touched.iter().any(|t| t.starts_with(&p.path)) {
             continue;
         }
         match project::load(&p.path) {
@@ -114,27 +115,22 @@ fn reload(projects: &mut [Project], touched: &[PathBuf]) -> bool {
     changed
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b)
-}
-
 fn watch(
     projects: &[Project],
     changes: tokio::sync::mpsc::UnboundedSender<PathBuf>,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            if event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove() {
+        if let Ok(event) = event
+            && (event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove()) {
                 for path in event.paths {
                     let _ = changes.send(path);
                 }
             }
-        }
     })
     .context("cannot watch project files")?;
     for p in projects {
-        let path = p.path.canonicalize().unwrap_or_else(|_| p.path.clone());
+        let path = &p.path;
         // A single file is watched through its folder, so editors that replace it still count.
         let (target, mode) = if path.is_dir() {
             (path.clone(), RecursiveMode::Recursive)

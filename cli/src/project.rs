@@ -3,7 +3,10 @@
 //!
 //! A folder's bundle holds every module-kind file under it (see `tern_proto::bundle`),
 //! except hidden files and `node_modules`, `target` and `.git` folders; other files are
-//! ignored. Bundles are capped in size so a stray folder cannot exhaust memory.
+//! ignored. From `node_modules` it takes the packages named in `package.json`
+//! `dependencies` (not `devDependencies`), and theirs, transitively, as npm installed
+//! them; the runtime resolves bare imports against them. Bundles are capped in size so a
+//! stray folder cannot exhaust memory.
 
 use std::path::{Path, PathBuf};
 
@@ -69,6 +72,7 @@ fn load_folder(root: &Path) -> Result<Bundle, ProjectError> {
     let mut files = Vec::new();
     let mut total = 0u64;
     collect(root, root, &mut files, &mut total)?;
+    collect_packages(root, &mut files, &mut total)?;
     Bundle::new(manifest, files).map_err(|source| ProjectError::Bundle { path: root.to_path_buf(), source })
 }
 
@@ -100,6 +104,45 @@ fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, Vec<u8>)>, total: &
             let relative = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
             files.push((relative, bytes));
         }
+    }
+    Ok(())
+}
+
+/// `dependencies` of the `package.json` in `dir`, if any.
+fn dependencies(dir: &Path) -> Result<Vec<String>, ProjectError> {
+    let path = dir.join("package.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(Vec::new());
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ProjectError::Io {
+        path: path.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })?;
+    Ok(json.get("dependencies").and_then(|d| d.as_object()).map(|d| d.keys().cloned().collect()).unwrap_or_default())
+}
+
+/// Adds the installed npm packages the project depends on, transitively. A package is
+/// looked up like Node does: `node_modules` next to the dependent, then in each folder up
+/// to the project root. A dependency that is not installed is skipped here; importing it
+/// fails with the loader's "not installed" message.
+fn collect_packages(root: &Path, files: &mut Vec<(String, Vec<u8>)>, total: &mut u64) -> Result<(), ProjectError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut queue: Vec<(String, PathBuf)> = dependencies(root)?.into_iter().map(|d| (d, root.to_path_buf())).collect();
+    while let Some((name, from)) = queue.pop() {
+        let found = from.ancestors().take_while(|d| d.starts_with(root)).map(|d| d.join("node_modules").join(&name)).find(|p| p.is_dir());
+        let Some(package) = found else { continue };
+        if !seen.insert(package.clone()) {
+            continue;
+        }
+        let before = files.len();
+        collect(root, &package, files, total)?;
+        let manifest = package.join("package.json");
+        if manifest.is_file() && !files[before..].iter().any(|(p, _)| Path::new(p) == manifest.strip_prefix(root).unwrap_or(&manifest)) {
+            let bytes = std::fs::read(&manifest).map_err(|source| ProjectError::Io { path: manifest.clone(), source })?;
+            let relative = manifest.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
+            files.push((relative, bytes));
+        }
+        queue.extend(dependencies(&package)?.into_iter().map(|d| (d, package.clone())));
     }
     Ok(())
 }

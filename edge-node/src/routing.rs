@@ -29,7 +29,7 @@ impl RouteTable {
             }
             table.by_name.insert(bundle.name().to_string(), bundle);
         }
-        table.routes.sort_by(|a, b| b.0.specificity().cmp(&a.0.specificity()));
+        table.routes.sort_by_key(|(route, _)| std::cmp::Reverse(route.specificity()));
         table
     }
 
@@ -38,11 +38,10 @@ impl RouteTable {
         if let Some((_, bundle)) = self.routes.iter().find(|(r, _)| r.matches(host, path)) {
             return Some(bundle);
         }
-        if let Some(name) = host.strip_suffix(".localhost") {
-            if let Some(bundle) = self.by_name.get(name) {
+        if let Some(name) = host.strip_suffix(".localhost")
+            && let Some(bundle) = self.by_name.get(name) {
                 return Some(bundle);
             }
-        }
         self.fallback.as_ref()
     }
 

@@ -81,11 +81,10 @@ impl Manifest {
         if main.is_empty() || main.starts_with('/') || main.split('/').any(|p| p == "..") {
             return Err(ManifestError::BadMain(main));
         }
-        if let Some(date) = &compatibility_date {
-            if !valid_date(date) {
+        if let Some(date) = &compatibility_date
+            && !valid_date(date) {
                 return Err(ManifestError::BadDate(date.clone()));
             }
-        }
         let routes = routes.iter().map(|r| RoutePattern::parse(r)).collect::<Result<Vec<_>, _>>()?;
         let vars = vars
             .into_iter()

@@ -4,7 +4,8 @@
 //! load errors name `src/index.js:3:5` as the user wrote it. Following the Workers module
 //! rules, non-JS modules import without attributes: JSON as its parsed value, text as a
 //! string, `.bin` as an `ArrayBuffer`, `.wasm` as a compiled `WebAssembly.Module`. JSON
-//! imported `with { type: "json" }` goes through the engine's own JSON modules.
+//! imported `with { type: "json" }` goes through the engine's own JSON modules. Bare
+//! specifiers resolve to npm packages in the bundle's `node_modules` ([`crate::packages`]).
 
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ use deno_core::{
 };
 use deno_error::JsErrorBox;
 use tern_proto::{Bundle, ModuleKind, ModulePath};
+
+use crate::packages;
 
 pub use tern_js_api::MODULE_ROOT;
 
@@ -58,14 +61,27 @@ fn percent_decode(s: &str) -> Option<String> {
 impl ModuleLoader for BundleModuleLoader {
     fn resolve(&self, specifier: &str, referrer: &str, _kind: ResolutionKind) -> ModuleResolveResponse {
         let is_path = specifier.starts_with("./") || specifier.starts_with("../") || specifier.starts_with('/');
-        if !is_path && !specifier.starts_with(MODULE_ROOT) {
+        if is_path || specifier.starts_with(MODULE_ROOT) {
+            return deno_core::resolve_import(specifier, referrer).map_err(JsErrorBox::from_err);
+        }
+        let from = display_specifier(referrer);
+        if specifier.starts_with("node:") {
             return Err(JsErrorBox::type_error(format!(
-                "cannot import {specifier:?} from {}: only relative imports of the function's own files are supported; \
-                 bundle packages into the project (for example with esbuild) or import them by relative path",
-                display_specifier(referrer)
+                "cannot import {specifier:?} from {from}: Node.js built-in modules are not available in Tern functions"
             )));
         }
-        deno_core::resolve_import(specifier, referrer).map_err(JsErrorBox::from_err)
+        if specifier.contains("://") || specifier.starts_with("data:") {
+            return Err(JsErrorBox::type_error(format!(
+                "cannot import {specifier:?} from {from}: only the function's own files and its npm packages can be imported"
+            )));
+        }
+        let lookup = |path: &str| {
+            let path = ModulePath::new(path).ok()?;
+            self.bundle.modules.get(&path).map(|m| m.bytes.to_vec())
+        };
+        let path = packages::resolve(specifier, from, &lookup)
+            .map_err(|e| JsErrorBox::type_error(format!("cannot import {specifier:?} from {from}: {e}")))?;
+        ModuleSpecifier::parse(&format!("{MODULE_ROOT}{path}")).map_err(JsErrorBox::from_err)
     }
 
     fn load(
@@ -180,10 +196,12 @@ mod tests {
     }
 
     #[test]
-    fn bare_and_remote_imports_are_refused_with_advice() {
+    fn uninstalled_node_and_remote_imports_are_refused_with_advice() {
         let loader = BundleModuleLoader::new(bundle());
         let e = loader.resolve("hono", "file:///src/index.js", ResolutionKind::Import).unwrap_err();
-        assert!(e.to_string().contains("\"hono\""), "{e}");
+        assert!(e.to_string().contains("npm install"), "{e}");
+        let e = loader.resolve("node:fs", "file:///src/index.js", ResolutionKind::Import).unwrap_err();
+        assert!(e.to_string().contains("built-in"), "{e}");
         assert!(loader.resolve("https://x.test/a.js", "file:///src/index.js", ResolutionKind::Import).is_err());
     }
 

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::isolate::run_function;
 
+#[allow(clippy::large_enum_variant, reason = "Dispatch is the hot path: boxing it would allocate per request")]
 enum Command {
     Dispatch { bundle: Arc<Bundle>, exchange: Exchange },
     Prepare { bundle: Arc<Bundle> },

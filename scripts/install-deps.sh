@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the system packages Tern builds and tests with, if any is missing (Debian/Ubuntu,
+# as root or through sudo). The JS engine (QuickJS-ng with WAMR) builds from source: it needs
+# cmake and Debian's SIMDe headers (libsimde-dev), which .cargo/config.toml points WAMR at so
+# the build never reaches for the network. wrk is for the benchmarks.
+set -euo pipefail
+
+packages=(cmake libsimde-dev wrk curl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  echo "installing: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust from rustup first" >&2; exit 1; }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every test Tern has, from a fresh machine: installs what is missing, then runs
+#   1. the unit and integration tests (integration tests start the real `tern` binary;
+#      the framework tests run Hono and itty-router, installed from npm),
+#   2. clippy with warnings as errors,
+#   3. a type-check of the V8 engine build (its prebuilt library cannot be downloaded here,
+#      DOCS_RS=1 makes rusty_v8's build script skip it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+
+echo "== npm packages for the framework tests (from the npm registry, per package-lock.json)"
+for fixture in tests/functions/hono tests/functions/itty-router; do
+  npm ci --prefix "$fixture" --no-audit --no-fund --loglevel=error
+done
+
+echo "== tests"
+cargo test --workspace --locked
+
+echo "== clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== V8 engine build type-checks"
+DOCS_RS=1 cargo check --locked -p tern --no-default-features --features v8 --target-dir target/v8-check
