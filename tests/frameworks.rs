@@ -43,7 +43,7 @@ async fn itty_router_runs_unchanged() {
     let tern = Tern::dev(&[&installed("itty-router")]);
     let a = get(&tern, "itty-router.localhost", "/").await;
     // AutoRouter formats every returned value as JSON, strings included.
-    assert_eq!((a.status, a.text.as_str(), a.header("content-type")), (200, "\"Hello itty!\"", Some("application/json")));
+    assert_eq!((a.status, a.text.as_str(), a.header("content-type")), (200, "\"Hello itty!\"", Some("application/json; charset=utf-8")));
     assert_eq!(get(&tern, "itty-router.localhost", "/items/3?sort=asc").await.json(), serde_json::json!({ "id": "3", "sort": "asc" }));
     let created = send(&http1(), tern.request("POST", "itty-router.localhost", "/items").body(body(r#"{"name":"n"}"#)).unwrap()).await;
     assert_eq!((created.status, created.json()["created"].as_str()), (201, Some("n")));
