@@ -2,7 +2,7 @@
 # Every test Tern has, from a fresh machine: installs what is missing, then runs
 #   1. the unit and integration tests (integration tests start the real `tern` binary;
 #      the framework tests run Hono and itty-router, installed from npm),
-#   2. clippy with warnings as errors,
+#   2. rustfmt and clippy, warnings as errors,
 #   3. a type-check of the V8 engine build (its prebuilt library cannot be downloaded here,
 #      DOCS_RS=1 makes rusty_v8's build script skip it).
 set -euo pipefail
@@ -16,6 +16,9 @@ done
 
 echo "== tests"
 cargo test --workspace --locked
+
+echo "== format"
+cargo fmt --all --check
 
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

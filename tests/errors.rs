@@ -100,10 +100,8 @@ async fn a_response_stream_that_fails_midway_cuts_the_response() {
     let projects = broken_functions();
     let paths: Vec<_> = projects.iter().map(|p| p.path()).collect();
     let tern = Tern::dev(&paths);
-    let response = http1()
-        .request(tern.request("GET", "stream-fails.localhost", "/").body(empty()).unwrap())
-        .await
-        .unwrap();
+    let response =
+        http1().request(tern.request("GET", "stream-fails.localhost", "/").body(empty()).unwrap()).await.unwrap();
     assert_eq!(response.status(), 200, "the head was already sent");
     use http_body_util::BodyExt;
     assert!(response.into_body().collect().await.is_err(), "the client must see the body end abnormally");

@@ -39,7 +39,10 @@ async fn json_api_routes_with_url_pattern() {
     assert_eq!(get(&tern, "api.example.com", "/items/1").await.json()["name"], "first item");
     let created = send(
         &client,
-        tern.request("POST", "json-api.localhost", "/items").header("content-type", "application/json").body(body(r#"{"name":"second"}"#)).unwrap(),
+        tern.request("POST", "json-api.localhost", "/items")
+            .header("content-type", "application/json")
+            .body(body(r#"{"name":"second"}"#))
+            .unwrap(),
     )
     .await;
     assert_eq!(created.status, 201, "{}", created.text);
@@ -50,7 +53,9 @@ async fn json_api_routes_with_url_pattern() {
     assert_eq!(bad.status, 400);
     let invalid = send(&client, tern.request("POST", "json-api.localhost", "/items").body(body("{}")).unwrap()).await;
     assert_eq!(invalid.status, 422);
-    let deleted = send(&client, tern.request("DELETE", "json-api.localhost", &format!("/items/{id}")).body(empty()).unwrap()).await;
+    let deleted =
+        send(&client, tern.request("DELETE", "json-api.localhost", &format!("/items/{id}")).body(empty()).unwrap())
+            .await;
     assert_eq!(deleted.status, 204);
     assert_eq!(get(&tern, "json-api.localhost", &format!("/items/{id}")).await.status, 404);
     assert_eq!(get(&tern, "json-api.localhost", "/nope").await.json()["error"], "no route for GET /nope");
@@ -80,14 +85,33 @@ async fn streaming_sends_each_event_as_it_happens() {
 async fn hmac_token_signs_and_verifies() {
     let tern = start(&all_examples());
     let client = http1();
-    let token = get(&tern, "hmac-token.localhost", "/sign?sub=alice").await.json()["token"].as_str().unwrap().to_string();
-    let ok = send(&client, tern.request("GET", "hmac-token.localhost", "/me").header("authorization", format!("Bearer {token}")).body(empty()).unwrap()).await;
+    let token =
+        get(&tern, "hmac-token.localhost", "/sign?sub=alice").await.json()["token"].as_str().unwrap().to_string();
+    let ok = send(
+        &client,
+        tern.request("GET", "hmac-token.localhost", "/me")
+            .header("authorization", format!("Bearer {token}"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!((ok.status, ok.json()["hello"].as_str()), (200, Some("alice")));
     let tampered = format!("{}x", token);
-    let bad = send(&client, tern.request("GET", "hmac-token.localhost", "/me").header("authorization", format!("Bearer {tampered}")).body(empty()).unwrap()).await;
+    let bad = send(
+        &client,
+        tern.request("GET", "hmac-token.localhost", "/me")
+            .header("authorization", format!("Bearer {tampered}"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(bad.status, 401);
     assert_eq!(get(&tern, "hmac-token.localhost", "/me").await.json()["error"], "missing bearer token");
-    let junk = send(&client, tern.request("GET", "hmac-token.localhost", "/me").header("authorization", "Bearer a.b").body(empty()).unwrap()).await;
+    let junk = send(
+        &client,
+        tern.request("GET", "hmac-token.localhost", "/me").header("authorization", "Bearer a.b").body(empty()).unwrap(),
+    )
+    .await;
     assert_eq!(junk.status, 401);
 }
 
@@ -144,10 +168,14 @@ async fn upstream() -> std::net::SocketAddr {
                         "forwarded_host": parts.headers.get("x-forwarded-host").and_then(|v| v.to_str().ok()),
                         "body": String::from_utf8_lossy(&body),
                     });
-                    let response = http::Response::builder().header("x-upstream", "yes").body(Full::new(Bytes::from(echo.to_string()))).unwrap();
+                    let response = http::Response::builder()
+                        .header("x-upstream", "yes")
+                        .body(Full::new(Bytes::from(echo.to_string())))
+                        .unwrap();
                     Ok::<_, Infallible>(response)
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -180,7 +208,8 @@ async fn proxy_reports_an_unreachable_upstream() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     for file in ["index.js", "tern.toml"] {
         let text = std::fs::read_to_string(example("proxy").join(file)).unwrap();
-        std::fs::write(dir.path().join(file), text.replace("https://example.com", &format!("http://{closed}"))).unwrap();
+        std::fs::write(dir.path().join(file), text.replace("https://example.com", &format!("http://{closed}")))
+            .unwrap();
     }
     let tern = Tern::dev(&[dir.path()]);
     let a = get(&tern, "proxy.localhost", "/").await;

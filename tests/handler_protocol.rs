@@ -26,7 +26,8 @@ async fn module_form_gets_request_env_and_ctx() {
         )],
     );
     let tern = Tern::dev(&[p.path()]);
-    let req = tern.request("GET", "mod.localhost", "/a/b?c=d").header("user-agent", "test-agent").body(empty()).unwrap();
+    let req =
+        tern.request("GET", "mod.localhost", "/a/b?c=d").header("user-agent", "test-agent").body(empty()).unwrap();
     let a = send(&http1(), req).await;
     assert_eq!(a.status, 200, "{}", a.text);
     let j = a.json();
@@ -80,8 +81,8 @@ async fn wait_until_work_runs_after_the_response_is_sent() {
 async fn modules_import_js_json_text_and_wasm_from_the_project() {
     // (module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))
     let wasm: &[u8] = &[
-        0, 97, 115, 109, 1, 0, 0, 0, 1, 7, 1, 96, 2, 127, 127, 1, 127, 3, 2, 1, 0, 7, 7, 1, 3, 97, 100, 100, 0, 0, 10, 9,
-        1, 7, 0, 32, 0, 32, 1, 106, 11,
+        0, 97, 115, 109, 1, 0, 0, 0, 1, 7, 1, 96, 2, 127, 127, 1, 127, 3, 2, 1, 0, 7, 7, 1, 3, 97, 100, 100, 0, 0, 10,
+        9, 1, 7, 0, 32, 0, 32, 1, 106, 11,
     ];
     let p = Project::new(
         "imports",
@@ -176,7 +177,8 @@ export default {
 
 fn streaming_body() -> (mpsc::Sender<Bytes>, Body) {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let stream = tokio_stream_from(rx).map(|b| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(b)));
+    let stream =
+        tokio_stream_from(rx).map(|b| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(b)));
     (tx, BodyExt::boxed(StreamBody::new(stream)))
 }
 
@@ -189,7 +191,8 @@ async fn response_body_streams_before_the_function_finishes() {
     let p = Project::new("streaming", &[("index.js", STREAMING)]);
     let tern = Tern::dev(&[p.path()]);
     let client = http1();
-    let response = client.request(tern.request("GET", "streaming.localhost", "/stream-out").body(empty()).unwrap()).await.unwrap();
+    let response =
+        client.request(tern.request("GET", "streaming.localhost", "/stream-out").body(empty()).unwrap()).await.unwrap();
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     let first = tokio::time::timeout(PATIENCE, body.frame()).await.expect("first chunk in time").unwrap().unwrap();

@@ -38,7 +38,8 @@ async fn console_goes_to_the_structured_log_tagged_with_the_function() {
 /// Runs a WPT data file inside the `wpt` function; returns (total cases, failing case names).
 async fn run_wpt(tern: &Tern, suite: &str, data: &str) -> (u64, Vec<String>) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/wpt").join(data);
-    let json = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (WPT data lives in ../shared/data/wpt)", path.display()));
+    let json = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (WPT data lives in ../shared/data/wpt)", path.display()));
     let req = tern.request("POST", "wpt.localhost", &format!("/{suite}")).body(body(json)).unwrap();
     let a = send(&http1(), req).await;
     assert_eq!(a.status, 200, "{}", a.text);
@@ -55,7 +56,8 @@ fn check_expectations(suite: &str, total: u64, failures: &[String]) {
     let file = repo_root().join("tests/wpt_expectations").join(format!("{suite}.txt"));
     let names: Vec<String> = failures.iter().map(|f| f.split(" -> ").next().unwrap().to_string()).collect();
     if std::env::var_os("TERN_WPT_UPDATE").is_some() {
-        let mut text = format!("# WPT {suite}: cases expected to fail ({} of {total}). One JSON case name a line.\n", names.len());
+        let mut text =
+            format!("# WPT {suite}: cases expected to fail ({} of {total}). One JSON case name a line.\n", names.len());
         names.iter().for_each(|n| text.push_str(&format!("{n}\n")));
         std::fs::write(&file, text).unwrap();
     }
@@ -65,10 +67,21 @@ fn check_expectations(suite: &str, total: u64, failures: &[String]) {
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(str::to_string)
         .collect();
-    let new: Vec<_> = failures.iter().filter(|f| !expected.iter().any(|e| f.split(" -> ").next() == Some(e.as_str()))).collect();
+    let new: Vec<_> =
+        failures.iter().filter(|f| !expected.iter().any(|e| f.split(" -> ").next() == Some(e.as_str()))).collect();
     let fixed: Vec<_> = expected.iter().filter(|e| !names.contains(e)).collect();
-    assert!(new.is_empty(), "{suite}: {} unexpected failures of {total}:\n{}", new.len(), new.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"));
-    assert!(fixed.is_empty(), "{suite}: now passing, remove from {}:\n{}", file.display(), fixed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"));
+    assert!(
+        new.is_empty(),
+        "{suite}: {} unexpected failures of {total}:\n{}",
+        new.len(),
+        new.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        fixed.is_empty(),
+        "{suite}: now passing, remove from {}:\n{}",
+        file.display(),
+        fixed.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+    );
 }
 
 #[tokio::test]

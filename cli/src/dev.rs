@@ -122,11 +122,12 @@ fn watch(
     use notify::{RecursiveMode, Watcher};
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
-            && (event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove()) {
-                for path in event.paths {
-                    let _ = changes.send(path);
-                }
+            && (event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove())
+        {
+            for path in event.paths {
+                let _ = changes.send(path);
             }
+        }
     })
     .context("cannot watch project files")?;
     for p in projects {

@@ -33,11 +33,7 @@ pub enum ProjectError {
 pub fn load(path: &Path) -> Result<Bundle, ProjectError> {
     let io = |source| ProjectError::Io { path: path.to_path_buf(), source };
     let meta = std::fs::metadata(path).map_err(io)?;
-    if meta.is_dir() {
-        load_folder(path)
-    } else {
-        load_file(path)
-    }
+    if meta.is_dir() { load_folder(path) } else { load_file(path) }
 }
 
 fn load_file(path: &Path) -> Result<Bundle, ProjectError> {
@@ -129,7 +125,11 @@ fn collect_packages(root: &Path, files: &mut Vec<(String, Vec<u8>)>, total: &mut
     let mut seen = std::collections::HashSet::new();
     let mut queue: Vec<(String, PathBuf)> = dependencies(root)?.into_iter().map(|d| (d, root.to_path_buf())).collect();
     while let Some((name, from)) = queue.pop() {
-        let found = from.ancestors().take_while(|d| d.starts_with(root)).map(|d| d.join("node_modules").join(&name)).find(|p| p.is_dir());
+        let found = from
+            .ancestors()
+            .take_while(|d| d.starts_with(root))
+            .map(|d| d.join("node_modules").join(&name))
+            .find(|p| p.is_dir());
         let Some(package) = found else { continue };
         if !seen.insert(package.clone()) {
             continue;
@@ -137,8 +137,11 @@ fn collect_packages(root: &Path, files: &mut Vec<(String, Vec<u8>)>, total: &mut
         let before = files.len();
         collect(root, &package, files, total)?;
         let manifest = package.join("package.json");
-        if manifest.is_file() && !files[before..].iter().any(|(p, _)| Path::new(p) == manifest.strip_prefix(root).unwrap_or(&manifest)) {
-            let bytes = std::fs::read(&manifest).map_err(|source| ProjectError::Io { path: manifest.clone(), source })?;
+        if manifest.is_file()
+            && !files[before..].iter().any(|(p, _)| Path::new(p) == manifest.strip_prefix(root).unwrap_or(&manifest))
+        {
+            let bytes =
+                std::fs::read(&manifest).map_err(|source| ProjectError::Io { path: manifest.clone(), source })?;
             let relative = manifest.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
             files.push((relative, bytes));
         }

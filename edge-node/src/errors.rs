@@ -78,7 +78,10 @@ mod tests {
 
     #[test]
     fn each_failure_has_its_status_and_code() {
-        let f = |kind| NodeError::Function { function: "f".into(), failure: Failure { kind, detail: "boom at a.js:1:2".into() } };
+        let f = |kind| NodeError::Function {
+            function: "f".into(),
+            failure: Failure { kind, detail: "boom at a.js:1:2".into() },
+        };
         let cases = [
             (NodeError::NoRoute { host: "x".into() }, 404, "no_route"),
             (f(FailureKind::UncaughtException), 500, "uncaught_exception"),

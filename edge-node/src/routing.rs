@@ -39,9 +39,10 @@ impl RouteTable {
             return Some(bundle);
         }
         if let Some(name) = host.strip_suffix(".localhost")
-            && let Some(bundle) = self.by_name.get(name) {
-                return Some(bundle);
-            }
+            && let Some(bundle) = self.by_name.get(name)
+        {
+            return Some(bundle);
+        }
         self.fallback.as_ref()
     }
 
@@ -55,7 +56,9 @@ pub fn normalize_host(raw: &str) -> String {
     let without_port = if raw.starts_with('[') {
         raw.split(']').next().map(|h| format!("{h}]")).unwrap_or_default()
     } else {
-        raw.rsplit_once(':').map_or(raw, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { raw }).to_string()
+        raw.rsplit_once(':')
+            .map_or(raw, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { raw })
+            .to_string()
     };
     without_port.trim_end_matches('.').to_ascii_lowercase()
 }

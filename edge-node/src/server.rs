@@ -74,13 +74,13 @@ async fn handle(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr) -> 
         Ok(Reply::Response(response)) => response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
         Ok(Reply::Failed(failure)) => error(node, NodeError::Function { function, failure }),
         Err(_) => {
-            let failure = Failure { kind: FailureKind::IsolateFailed, detail: "the isolate dropped the request".into() };
+            let failure =
+                Failure { kind: FailureKind::IsolateFailed, detail: "the isolate dropped the request".into() };
             error(node, NodeError::Function { function, failure })
         }
     }
 }
 
 fn error(node: &EdgeNode, e: NodeError) -> Response<NodeBody> {
-    e.into_response(node.error_detail())
-        .map(|b| http_body_util::Full::new(b).map_err(|never| match never {}).boxed())
+    e.into_response(node.error_detail()).map(|b| http_body_util::Full::new(b).map_err(|never| match never {}).boxed())
 }

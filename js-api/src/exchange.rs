@@ -14,8 +14,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use deno_core::convert::Uint8Array;
 use deno_core::convert::ByteString;
+use deno_core::convert::Uint8Array;
 use deno_core::{OpState, op2};
 use deno_error::JsErrorBox;
 use http_body::{Body, Frame, SizeHint};
@@ -235,11 +235,8 @@ pub async fn op_tern_next_request(
     let exchange = inbox.next().await?;
     let (parts, body) = exchange.request.into_parts();
     let has_body = !body.is_end_stream() && !matches!(parts.method, http::Method::GET | http::Method::HEAD);
-    let headers = parts
-        .headers
-        .iter()
-        .map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_bytes())))
-        .collect();
+    let headers =
+        parts.headers.iter().map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_bytes()))).collect();
     let id = state.borrow_mut().borrow_mut::<InFlight>().insert(has_body.then_some(body), exchange.reply);
     Some((id, parts.method.to_string(), exchange.url, headers, has_body))
 }
@@ -313,11 +310,7 @@ pub fn op_tern_respond_stream(
 /// Writes one chunk of a streamed response; waits while the client is slower than the
 /// function. Rejects when the client went away, so the function's stream is cancelled.
 #[op2]
-pub async fn op_tern_body_write(
-    state: Rc<RefCell<OpState>>,
-    id: u32,
-    chunk: Uint8Array,
-) -> Result<(), JsErrorBox> {
+pub async fn op_tern_body_write(state: Rc<RefCell<OpState>>, id: u32, chunk: Uint8Array) -> Result<(), JsErrorBox> {
     let tx = {
         let s = state.borrow();
         let entry = s.borrow::<InFlight>().entries.get(&id).ok_or_else(|| unknown(id))?;

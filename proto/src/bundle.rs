@@ -131,7 +131,9 @@ impl Bundle {
         let main = ModulePath::new(&manifest.main)?;
         match modules.get(&main) {
             None => return Err(BundleError::MissingMain(manifest.main.clone())),
-            Some(m) if m.kind != ModuleKind::EsModule => return Err(BundleError::MainNotJavaScript(manifest.main.clone())),
+            Some(m) if m.kind != ModuleKind::EsModule => {
+                return Err(BundleError::MainNotJavaScript(manifest.main.clone()));
+            }
             Some(_) => {}
         }
         let id = Self::compute_id(&manifest, &modules);

@@ -82,9 +82,10 @@ impl Manifest {
             return Err(ManifestError::BadMain(main));
         }
         if let Some(date) = &compatibility_date
-            && !valid_date(date) {
-                return Err(ManifestError::BadDate(date.clone()));
-            }
+            && !valid_date(date)
+        {
+            return Err(ManifestError::BadDate(date.clone()));
+        }
         let routes = routes.iter().map(|r| RoutePattern::parse(r)).collect::<Result<Vec<_>, _>>()?;
         let vars = vars
             .into_iter()

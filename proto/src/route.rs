@@ -106,9 +106,10 @@ impl RoutePattern {
 
 fn check_host(source: &str, host: &str) -> Result<(), RoutePatternError> {
     let valid = !host.is_empty()
-        && host.split(':').next().is_some_and(|h| {
-            !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-        });
+        && host
+            .split(':')
+            .next()
+            .is_some_and(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
     if host.contains('*') {
         return Err(RoutePatternError::MisplacedWildcard(source.to_string()));
     }

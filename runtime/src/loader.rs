@@ -125,8 +125,9 @@ impl BundleModuleLoader {
             (ModuleKind::Json, _) => {
                 let source = text()?;
                 // Validate here so the error names the file, then let the engine parse it.
-                serde_json::from_str::<serde_json::Value>(&source)
-                    .map_err(|e| JsErrorBox::generic(format!("SyntaxError: {path}:{}:{}: {e}", e.line(), e.column())))?;
+                serde_json::from_str::<serde_json::Value>(&source).map_err(|e| {
+                    JsErrorBox::generic(format!("SyntaxError: {path}:{}:{}: {e}", e.line(), e.column()))
+                })?;
                 (ModuleType::JavaScript, format!("export default JSON.parse({});", js_string(&source)))
             }
             (ModuleKind::Text, _) => (ModuleType::JavaScript, format!("export default {};", js_string(&text()?))),

@@ -15,7 +15,9 @@ pub const CONDITIONS: &[&str] = &["workerd", "worker", "browser", "import", "mod
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PackageError {
-    #[error("package {0:?} is not installed: no node_modules/{0} above {1} (run npm install; list it in package.json dependencies)")]
+    #[error(
+        "package {0:?} is not installed: no node_modules/{0} above {1} (run npm install; list it in package.json dependencies)"
+    )]
     NotInstalled(String, String),
     #[error("{0}/package.json is not valid JSON: {1}")]
     BadPackageJson(String, String),
@@ -33,14 +35,19 @@ pub fn split_specifier(specifier: &str) -> Option<(&str, String)> {
         Some(i) => (&specifier[..i], format!(".{}", &specifier[i..])),
         None => (specifier, ".".to_string()),
     };
-    let valid = !name.is_empty() && !name.starts_with('.') && !name.contains('\\') && !rest.split('/').any(|s| s == "..");
+    let valid =
+        !name.is_empty() && !name.starts_with('.') && !name.contains('\\') && !rest.split('/').any(|s| s == "..");
     valid.then_some((name, rest))
 }
 
 /// Resolves `specifier` imported from bundle file `referrer` to a bundle path.
-pub fn resolve(specifier: &str, referrer: &str, file: &dyn Fn(&str) -> Option<Vec<u8>>) -> Result<String, PackageError> {
-    let (name, subpath) =
-        split_specifier(specifier).ok_or_else(|| PackageError::NotInstalled(specifier.to_string(), referrer.to_string()))?;
+pub fn resolve(
+    specifier: &str,
+    referrer: &str,
+    file: &dyn Fn(&str) -> Option<Vec<u8>>,
+) -> Result<String, PackageError> {
+    let (name, subpath) = split_specifier(specifier)
+        .ok_or_else(|| PackageError::NotInstalled(specifier.to_string(), referrer.to_string()))?;
     let mut dir = referrer.rsplit_once('/').map_or("", |(d, _)| d).to_string();
     loop {
         let root = if dir.is_empty() { format!("node_modules/{name}") } else { format!("{dir}/node_modules/{name}") };
@@ -49,7 +56,8 @@ pub fn resolve(specifier: &str, referrer: &str, file: &dyn Fn(&str) -> Option<Ve
                 serde_json::from_slice(&json).map_err(|e| PackageError::BadPackageJson(root.clone(), e.to_string()))?;
             let target = entry(&manifest, &subpath)
                 .ok_or_else(|| PackageError::NotExported { package: name.to_string(), subpath: subpath.clone() })?;
-            return locate(&root, &target, file).ok_or_else(|| PackageError::Missing(specifier.to_string(), format!("{root}/{target}")));
+            return locate(&root, &target, file)
+                .ok_or_else(|| PackageError::Missing(specifier.to_string(), format!("{root}/{target}")));
         }
         if dir.is_empty() {
             return Err(PackageError::NotInstalled(name.to_string(), referrer.to_string()));
@@ -91,12 +99,14 @@ fn export_target(exports: &Value, subpath: &str) -> Option<String> {
     // Patterns: "./features/*": "./src/features/*.js"; the longest matching prefix wins.
     let mut best: Option<(&str, &Value, String)> = None;
     for (key, target) in map {
-        if let Some((prefix, suffix)) = key.split_once('*') {
-            if subpath.starts_with(prefix) && subpath.ends_with(suffix) && subpath.len() >= prefix.len() + suffix.len() {
-                let star = subpath[prefix.len()..subpath.len() - suffix.len()].to_string();
-                if best.as_ref().is_none_or(|(k, _, _)| prefix.len() > k.len()) {
-                    best = Some((prefix, target, star));
-                }
+        if let Some((prefix, suffix)) = key.split_once('*')
+            && subpath.starts_with(prefix)
+            && subpath.ends_with(suffix)
+            && subpath.len() >= prefix.len() + suffix.len()
+        {
+            let star = subpath[prefix.len()..subpath.len() - suffix.len()].to_string();
+            if best.as_ref().is_none_or(|(k, _, _)| prefix.len() > k.len()) {
+                best = Some((prefix, target, star));
             }
         }
     }
@@ -122,9 +132,15 @@ fn conditional(target: &Value, star: Option<&str>) -> Option<String> {
 fn locate(root: &str, target: &str, file: &dyn Fn(&str) -> Option<Vec<u8>>) -> Option<String> {
     let base = format!("{root}/{}", target.trim_start_matches("./"));
     let base = base.trim_end_matches('/');
-    [base.to_string(), format!("{base}.js"), format!("{base}.mjs"), format!("{base}/index.js"), format!("{base}/index.mjs")]
-        .into_iter()
-        .find(|candidate| file(candidate).is_some())
+    [
+        base.to_string(),
+        format!("{base}.js"),
+        format!("{base}.mjs"),
+        format!("{base}/index.js"),
+        format!("{base}/index.mjs"),
+    ]
+    .into_iter()
+    .find(|candidate| file(candidate).is_some())
 }
 
 #[cfg(test)]
@@ -149,10 +165,16 @@ mod tests {
     #[test]
     fn exports_with_conditions_prefer_worker_builds() {
         let f = files(&[
-            ("node_modules/hono/package.json", r#"{"exports":{".":{"types":"./d.ts","import":"./dist/index.js","require":"./cjs/index.js"},"./jwt":{"import":"./dist/jwt/index.js"}}}"#),
+            (
+                "node_modules/hono/package.json",
+                r#"{"exports":{".":{"types":"./d.ts","import":"./dist/index.js","require":"./cjs/index.js"},"./jwt":{"import":"./dist/jwt/index.js"}}}"#,
+            ),
             ("node_modules/hono/dist/index.js", ""),
             ("node_modules/hono/dist/jwt/index.js", ""),
-            ("node_modules/w/package.json", r#"{"exports":{"node":"./node.js","workerd":"./workerd.js","default":"./index.js"}}"#),
+            (
+                "node_modules/w/package.json",
+                r#"{"exports":{"node":"./node.js","workerd":"./workerd.js","default":"./index.js"}}"#,
+            ),
             ("node_modules/w/workerd.js", ""),
         ]);
         assert_eq!(resolve("hono", "src/index.js", &f).unwrap(), "node_modules/hono/dist/index.js");

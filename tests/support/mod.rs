@@ -188,11 +188,16 @@ impl Answer {
 }
 
 pub async fn send(client: &Client<HttpConnector, Body>, request: http::Request<Body>) -> Answer {
-    let response = tokio::time::timeout(PATIENCE, client.request(request)).await.expect("response in time").expect("response");
+    let response =
+        tokio::time::timeout(PATIENCE, client.request(request)).await.expect("response in time").expect("response");
     let status = response.status().as_u16();
     let version = response.version();
     let headers = response.headers().clone();
-    let bytes = tokio::time::timeout(PATIENCE, response.into_body().collect()).await.expect("body in time").expect("body").to_bytes();
+    let bytes = tokio::time::timeout(PATIENCE, response.into_body().collect())
+        .await
+        .expect("body in time")
+        .expect("body")
+        .to_bytes();
     Answer { status, headers, text: String::from_utf8_lossy(&bytes).into_owned(), version }
 }
 

@@ -11,7 +11,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
 fn main() -> anyhow::Result<()> {
-    let port: u16 = std::env::args().nth(1).or_else(|| std::env::var("PORT").ok()).unwrap_or_else(|| "8080".into()).parse()?;
+    let port: u16 =
+        std::env::args().nth(1).or_else(|| std::env::var("PORT").ok()).unwrap_or_else(|| "8080".into()).parse()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
