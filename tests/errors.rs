@@ -100,11 +100,16 @@ async fn a_response_stream_that_fails_midway_cuts_the_response() {
     let projects = broken_functions();
     let paths: Vec<_> = projects.iter().map(|p| p.path()).collect();
     let tern = Tern::dev(&paths);
-    let response =
-        http1().request(tern.request("GET", "stream-fails.localhost", "/").body(empty()).unwrap()).await.unwrap();
-    assert_eq!(response.status(), 200, "the head was already sent");
+    // Depending on whether the head was flushed before the stream failed, the client sees the
+    // message cut before or after the head; never a clean, complete response.
     use http_body_util::BodyExt;
-    assert!(response.into_body().collect().await.is_err(), "the client must see the body end abnormally");
+    match http1().request(tern.request("GET", "stream-fails.localhost", "/").body(empty()).unwrap()).await {
+        Err(e) => assert!(format!("{e:?}").contains("IncompleteMessage"), "{e:?}"),
+        Ok(response) => {
+            assert_eq!(response.status(), 200);
+            assert!(response.into_body().collect().await.is_err(), "the body must end abnormally");
+        }
+    }
     assert!(tern.wait_for_output("stream kaboom").await);
     assert_eq!(get(&tern, "healthy.localhost", "/").await.text, "ok");
 }

@@ -46,15 +46,12 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     if let Some(dup) = names.windows(2).find(|w| w[0] == w[1]) {
         anyhow::bail!("two projects are named {:?}; names must be unique", dup[0]);
     }
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(options.addr, options.port))
-        .await
-        .with_context(|| format!("cannot listen on {}:{}", options.addr, options.port))?;
-    let local = listener.local_addr()?;
     let isolates = IsolateThreads::start(options.isolate_threads)?;
     let node = Arc::new(EdgeNode::new(isolates, ErrorDetail::Expose));
     let single = projects.len() == 1;
     node.set_routes(table(&projects, single));
-    node.set_local_addr(local);
+    let local = tern_edge_node::server::listen(&node, SocketAddr::new(options.addr, options.port))
+        .with_context(|| format!("cannot listen on {}:{}", options.addr, options.port))?;
     for p in &projects {
         let url = if single {
             format!("http://{local}/")
@@ -67,7 +64,6 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
 
     let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let _watcher = watch(&projects, changes_tx)?;
-    let server = tokio::spawn(tern_edge_node::server::serve(node.clone(), listener));
 
     loop {
         tokio::select! {
@@ -85,7 +81,6 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             }
         }
     }
-    server.abort();
     Ok(())
 }
 

@@ -1,6 +1,10 @@
 //! HTTP serving: HTTP/1.1 and HTTP/2 cleartext (h2c, prior knowledge) on one port, through
 //! hyper. Each request is routed to a function and handed to the isolate threads; the
 //! response streams back as the function produces it.
+//!
+//! Connections are accepted and served on the isolate threads themselves (each accepts from
+//! a clone of one listening socket), so a request whose function lives on the accepting
+//! thread never crosses threads: on one core, no context switch per request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +26,27 @@ use crate::node::EdgeNode;
 use crate::routing::normalize_host;
 
 pub type NodeBody = BoxBody<Bytes, BoxError>;
+
+/// Binds `addr` and serves it on every isolate thread; returns the bound address.
+pub fn listen(node: &Arc<EdgeNode>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    node.set_local_addr(local);
+    let node = node.clone();
+    let listener = std::sync::Mutex::new(listener);
+    node.clone().isolates().spawn_on_each(move |index| {
+        let clone = listener.lock().unwrap_or_else(|p| p.into_inner()).try_clone();
+        let node = node.clone();
+        Box::pin(async move {
+            match clone.and_then(TcpListener::from_std) {
+                Ok(listener) => serve(node, listener).await,
+                Err(e) => tracing::error!("isolate thread {index} cannot accept connections: {e}"),
+            }
+        })
+    });
+    Ok(local)
+}
 
 /// Accepts connections on `listener` until the task is dropped.
 pub async fn serve(node: Arc<EdgeNode>, listener: TcpListener) {

@@ -8,7 +8,9 @@
 //! old isolate finish there, new ones go to the new isolate.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::thread;
 
@@ -22,7 +24,11 @@ use crate::isolate::run_function;
 enum Command {
     Dispatch { bundle: Arc<Bundle>, exchange: Exchange },
     Prepare { bundle: Arc<Bundle> },
+    Spawn(ThreadTask),
 }
+
+/// Work to run on an isolate thread: builds a (possibly `!Send`) future there.
+pub type ThreadTask = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
 /// Handle to the isolate threads; cheap to clone, usable from any thread.
 #[derive(Clone)]
@@ -51,6 +57,28 @@ impl IsolateThreads {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { threads: threads.into() })
+    }
+
+    pub fn len(&self) -> usize {
+        self.threads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.threads.is_empty()
+    }
+
+    /// Runs `task(thread_index)` as a task on every isolate thread. The edge node serves its
+    /// connections this way, so a request for a function held by the accepting thread is
+    /// handed over without crossing threads.
+    pub fn spawn_on_each<F>(&self, task: F)
+    where
+        F: Fn(usize) -> Pin<Box<dyn Future<Output = ()>>> + Send + Sync + 'static,
+    {
+        let task = Arc::new(task);
+        for (index, thread) in self.threads.iter().enumerate() {
+            let task = task.clone();
+            let _ = thread.send(Command::Spawn(Box::new(move || task(index))));
+        }
     }
 
     /// Boots the isolate of `bundle` ahead of its first request (load errors are logged now).
@@ -92,6 +120,9 @@ fn isolate_thread(mut commands: mpsc::UnboundedReceiver<Command>) {
             match command {
                 Command::Prepare { bundle } => {
                     inbox_for(&mut slots, bundle);
+                }
+                Command::Spawn(task) => {
+                    tokio::task::spawn_local(task());
                 }
                 Command::Dispatch { bundle, exchange } => {
                     let inbox = inbox_for(&mut slots, bundle);
