@@ -83,6 +83,7 @@ async fn boot(bundle: &Arc<Bundle>, inbox: &Inbox, identity: &FunctionIdentity) 
         ..Default::default()
     })
     .map_err(|e| Failure { kind: FailureKind::IsolateFailed, detail: format!("could not create an isolate: {e}") })?;
+    let engine_ready = Instant::now();
     {
         let state = js.op_state();
         let mut state = state.borrow_mut();
@@ -109,6 +110,7 @@ async fn boot(bundle: &Arc<Bundle>, inbox: &Inbox, identity: &FunctionIdentity) 
         let local = v8::Local::new(scope, &namespace);
         v8::Global::new(scope, local.cast::<v8::Value>())
     };
+    tracing::debug!(function = %identity.name, modules = ?engine_ready.elapsed(), "function modules evaluated");
     let call = js.call_with_args(&serve.0, &[namespace]);
     js.with_event_loop_promise(Box::pin(call), PollEventLoopOptions::default())
         .await
