@@ -26,6 +26,10 @@ fn broken_functions() -> Vec<Project> {
                  const body = new ReadableStream({ pull(c) { c.enqueue(new TextEncoder().encode("partial")); c.error(new Error("stream kaboom")); } });
                  return new Response(body); } };"#,
         ),
+        f(
+            "control-char-header",
+            r#"export default { fetch: () => new Response("x", { headers: { "x-bad": "a\u0001b" } }) };"#,
+        ),
         f("healthy", r#"export default { fetch: () => new Response("ok") };"#),
     ]
 }
@@ -111,5 +115,18 @@ async fn a_response_stream_that_fails_midway_cuts_the_response() {
         }
     }
     assert!(tern.wait_for_output("stream kaboom").await);
+    assert_eq!(get(&tern, "healthy.localhost", "/").await.text, "ok");
+}
+
+/// A header value the Fetch spec allows but HTTP cannot carry (a control character) used to
+/// drop the exchange after its reply slot was taken: the client saw 502 `isolate_failed`.
+#[tokio::test]
+async fn bug_header_value_with_control_character_is_an_invalid_response_not_a_dropped_request() {
+    let projects = broken_functions();
+    let paths: Vec<_> = projects.iter().map(|p| p.path()).collect();
+    let tern = Tern::dev(&paths);
+    let a = get(&tern, "control-char-header.localhost", "/").await;
+    assert_eq!((a.status, a.header("tern-error")), (500, Some("invalid_response")), "{}", a.text);
+    assert!(a.text.contains("x-bad"), "the message names the header: {}", a.text);
     assert_eq!(get(&tern, "healthy.localhost", "/").await.text, "ok");
 }

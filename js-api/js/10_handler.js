@@ -130,18 +130,26 @@ export function installHandlerProtocol({ streams, request, response, body, repor
     const status = inner.status;
     const headerList = inner.headerList;
     const innerBody = inner.body;
-    if (innerBody === null) {
-      op_tern_respond(id, status, headerList, null);
+    // The respond ops refuse what HTTP cannot carry (say, a control character in a header
+    // value, which the Fetch spec allows): that is the function's invalid response.
+    try {
+      if (innerBody === null) {
+        op_tern_respond(id, status, headerList, null);
+        return;
+      }
+      const source = innerBody.streamOrStatic;
+      if (!ObjectPrototypeIsPrototypeOf(ReadableStreamPrototype, source)) {
+        source.consumed = true;
+        if (typeof source.body === "string") op_tern_respond_text(id, status, headerList, source.body);
+        else op_tern_respond(id, status, headerList, source.body);
+        return;
+      }
+      op_tern_respond_stream(id, status, headerList);
+    } catch (e) {
+      op_tern_fail(id, "invalid_response", e.message);
       return;
     }
     const source = innerBody.streamOrStatic;
-    if (!ObjectPrototypeIsPrototypeOf(ReadableStreamPrototype, source)) {
-      source.consumed = true;
-      if (typeof source.body === "string") op_tern_respond_text(id, status, headerList, source.body);
-      else op_tern_respond(id, status, headerList, source.body);
-      return;
-    }
-    op_tern_respond_stream(id, status, headerList);
     const reader = source.getReader();
     for (;;) {
       let next;

@@ -196,9 +196,18 @@ fn respond(
     headers: Vec<(ByteString, ByteString)>,
     body: ResponseBodyInit,
 ) -> Result<(), JsErrorBox> {
-    let mut builder = http::Response::builder().status(status);
+    // Build everything that can fail before taking the reply slot, so a bad header leaves
+    // the exchange answerable (as `invalid_response`) instead of dropping it.
+    let mut head =
+        http::Response::builder().status(status).body(()).map_err(|e| invalid(format!("status {status}: {e}")))?;
     for (name, value) in headers {
-        builder = builder.header(&name[..], &value[..]);
+        let header = http::HeaderName::from_bytes(&name).map_err(|_| {
+            invalid(format!("header name {:?} cannot be sent over HTTP", String::from_utf8_lossy(&name)))
+        })?;
+        let value = http::HeaderValue::from_bytes(&value).map_err(|_| {
+            invalid(format!("the value of header {:?} cannot be sent over HTTP (control characters)", header.as_str()))
+        })?;
+        head.headers_mut().append(header, value);
     }
     let table = state.borrow_mut::<InFlight>();
     let entry = table.entries.get_mut(&id).ok_or_else(|| unknown(id))?;
@@ -214,10 +223,13 @@ fn respond(
             ResponseBody::Stream(rx)
         }
     };
-    let response = builder.body(body).map_err(|e| JsErrorBox::type_error(format!("invalid response: {e}")))?;
     // The client may be gone already; that is not the function's error.
-    let _ = reply.send(Reply::Response(response));
+    let _ = reply.send(Reply::Response(head.map(|()| body)));
     Ok(())
+}
+
+fn invalid(message: String) -> JsErrorBox {
+    JsErrorBox::type_error(format!("invalid response: {message}"))
 }
 
 enum ResponseBodyInit {
