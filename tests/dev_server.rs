@@ -75,3 +75,74 @@ fn a_broken_manifest_stops_startup_with_the_reason() {
     let missing = Command::new(env!("CARGO_BIN_EXE_tern")).args(["dev", "/nonexistent/fn"]).output().unwrap();
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/fn"));
 }
+
+/// The engine leaks memory with every isolate it creates and destroys, and fails after a
+/// few dozen of them in one process (with the Web API extensions loaded). `tern dev` used to
+/// reload in place: after about 50 saves isolates stopped booting and the process
+/// segfaulted. Each version now runs in a fresh server process.
+#[tokio::test]
+async fn bug_dev_server_survives_many_reloads() {
+    let p = Project::new("churn", &[("index.js", r#"export default { fetch: () => new Response("v0") };"#)]);
+    let tern = Tern::dev(&[p.path()]);
+    for i in 1..=90 {
+        p.write("index.js", format!("export default {{ fetch: () => new Response(\"v{i}\") }};").as_bytes());
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while tern.output().matches("reloaded churn").count() < i {
+            assert!(std::time::Instant::now() < deadline, "reload {i} not reported:\n{}", tern.output());
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let mut answered = false;
+        for _ in 0..400 {
+            if get(&tern, "x", "/").await.text == format!("v{i}") {
+                answered = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(answered, "reload {i} never answered:\n{}", tern.output());
+    }
+    assert_eq!(tern.output().matches("reloaded churn").count(), 90);
+}
+
+#[tokio::test]
+async fn a_crashed_server_process_is_replaced() {
+    let tern = Tern::dev(&[&repo_root().join("examples/hello")]);
+    assert_eq!(get(&tern, "x", "/").await.text, "hello");
+    let children = tern.child_pids();
+    assert_eq!(children.len(), 1, "one server process");
+    std::process::Command::new("kill").args(["-KILL", &children[0].to_string()]).status().unwrap();
+    assert!(tern.wait_for_output("the server process stopped").await, "{}", tern.output());
+    let mut back = false;
+    for _ in 0..500 {
+        if tern.child_pids().iter().any(|p| !children.contains(p)) {
+            let a = get(&tern, "x", "/").await;
+            if a.status == 200 {
+                back = a.text == "hello";
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(back, "{}", tern.output());
+}
+
+#[tokio::test]
+async fn requests_in_flight_during_a_reload_finish_on_the_old_version() {
+    let slow = r#"export default { async fetch(request) {
+        if (new URL(request.url).pathname === "/slow") await new Promise((r) => setTimeout(r, 1500));
+        return new Response("v1");
+    } };"#;
+    let p = Project::new("atomic", &[("index.js", slow)]);
+    let tern = Tern::dev(&[p.path()]);
+    assert_eq!(get(&tern, "x", "/").await.text, "v1");
+    let in_flight = {
+        let req = tern.request("GET", "x", "/slow").body(empty()).unwrap();
+        tokio::spawn(async move { send(&http1(), req).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    p.write("index.js", br#"export default { fetch: () => new Response("v2") };"#);
+    assert!(tern.wait_for_output("reloaded atomic").await, "{}", tern.output());
+    assert_eq!(get(&tern, "x", "/").await.text, "v2", "new requests reach the new version");
+    let old = in_flight.await.unwrap();
+    assert_eq!((old.status, old.text.as_str()), (200, "v1"), "the request in flight finished on the old version");
+}

@@ -2,36 +2,47 @@
 //!
 //! Serves the given function projects on one port. With one project it answers whatever
 //! the Host; with several, each is reached as `NAME.localhost:PORT` or through its
-//! `routes`. Files are watched: a change reloads the project as a new version (in-flight
-//! requests finish on the old one). A project that fails to read keeps its last good
-//! version; modules that fail to compile are reported with file and line, and the server
-//! keeps running.
+//! `routes`. Files are watched: a change reloads the projects as new versions.
+//!
+//! This process is a supervisor: it owns the listening socket and the file watcher, and a
+//! child `tern serve` process serves one set of versions. A reload starts a new child, waits
+//! until its isolates are booted (compile errors are reported then, with file and line),
+//! and only then tells the old child to drain: requests in flight finish on the old
+//! version, new ones reach the new. A child that dies is replaced. A project that fails to
+//! read (say, a broken `tern.toml`) keeps the last good version serving.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use tern_edge_node::{EdgeNode, ErrorDetail, RouteTable};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use tern_proto::Bundle;
-use tern_runtime::IsolateThreads;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 
 use crate::project;
 
 /// Quiet period after a file change before reloading (editors write in bursts).
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(100);
+/// How long a new server process may take to boot its isolates.
+const BOOT_PATIENCE: Duration = Duration::from_secs(60);
+/// Pause before replacing a server process that died, so a crash loop cannot spin.
+const RESTART_BACKOFF: Duration = Duration::from_millis(200);
 
 pub struct DevOptions {
     pub paths: Vec<PathBuf>,
     pub addr: IpAddr,
     pub port: u16,
     pub isolate_threads: usize,
+    pub log_format: &'static str,
 }
 
 struct Project {
     path: PathBuf,
-    bundle: Arc<Bundle>,
+    bundle: Bundle,
 }
 
 pub async fn run(options: DevOptions) -> anyhow::Result<()> {
@@ -39,19 +50,22 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     for path in &options.paths {
         let bundle = project::load(path)?;
         let path = path.canonicalize().with_context(|| format!("{}", path.display()))?;
-        projects.push(Project { path, bundle: Arc::new(bundle) });
+        projects.push(Project { path, bundle });
     }
     let mut names: Vec<&str> = projects.iter().map(|p| p.bundle.name()).collect();
     names.sort_unstable();
     if let Some(dup) = names.windows(2).find(|w| w[0] == w[1]) {
         anyhow::bail!("two projects are named {:?}; names must be unique", dup[0]);
     }
-    let isolates = IsolateThreads::start(options.isolate_threads)?;
-    let node = Arc::new(EdgeNode::new(isolates, ErrorDetail::Expose));
-    let single = projects.len() == 1;
-    node.set_routes(table(&projects, single));
-    let local = tern_edge_node::server::listen(&node, SocketAddr::new(options.addr, options.port))
+    let listener = std::net::TcpListener::bind(SocketAddr::new(options.addr, options.port))
         .with_context(|| format!("cannot listen on {}:{}", options.addr, options.port))?;
+    let local = listener.local_addr()?;
+    let mut server = ServerProcess::start(&options, &listener).await?;
+    // Watch before announcing: a change made right after "listening on" must not be missed.
+    let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let _watcher = watch(&projects, changes_tx)?;
+
+    let single = projects.len() == 1;
     for p in &projects {
         let url = if single {
             format!("http://{local}/")
@@ -61,13 +75,15 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         println!("tern dev: serving {} (version {}) at {url}", p.bundle.name(), p.bundle.id().short());
     }
     println!("tern dev: listening on http://{local}");
-
-    let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-    let _watcher = watch(&projects, changes_tx)?;
-
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            status = server.child.wait() => {
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                eprintln!("tern dev: the server process stopped ({status}); starting a new one");
+                tokio::time::sleep(RESTART_BACKOFF).await;
+                server = ServerProcess::start(&options, &listener).await?;
+            }
             changed = changes.recv() => {
                 let Some(first) = changed else { break };
                 let mut touched = vec![first];
@@ -75,23 +91,82 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
                 while let Ok(p) = changes.try_recv() {
                     touched.push(p);
                 }
-                if reload(&mut projects, &touched) {
-                    node.set_routes(table(&projects, single));
+                let reloaded = reload(&mut projects, &touched);
+                if reloaded.is_empty() {
+                    continue;
+                }
+                match ServerProcess::start(&options, &listener).await {
+                    Ok(next) => {
+                        std::mem::replace(&mut server, next).drain();
+                        for (name, version) in reloaded {
+                            println!("tern dev: reloaded {name} (version {version})");
+                        }
+                    }
+                    Err(e) => eprintln!("tern dev: not reloaded, the previous version keeps serving: {e:#}"),
                 }
             }
         }
     }
+    server.drain();
     Ok(())
 }
 
-fn table(projects: &[Project], single: bool) -> RouteTable {
-    let fallback = single.then(|| projects[0].bundle.name());
-    RouteTable::new(projects.iter().map(|p| p.bundle.clone()), fallback)
+/// A child `tern serve` process and what it serves.
+struct ServerProcess {
+    child: Child,
 }
 
-/// Reloads the projects that contain a changed path; true if any version changed.
-fn reload(projects: &mut [Project], touched: &[PathBuf]) -> bool {
-    let mut changed = false;
+impl ServerProcess {
+    /// Starts a server for the projects on `listener` and waits until it is ready.
+    async fn start(options: &DevOptions, listener: &std::net::TcpListener) -> anyhow::Result<Self> {
+        let socket = std::os::fd::OwnedFd::from(listener.try_clone()?);
+        let mut command = Command::new(std::env::current_exe().context("cannot find the tern executable")?);
+        command
+            .args(["--log-format", options.log_format, "serve", "--isolate-threads"])
+            .arg(options.isolate_threads.to_string())
+            .args(if options.paths.len() == 1 { &["--any-host"][..] } else { &[] })
+            .args(&options.paths)
+            .stdin(Stdio::from(socket))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn().context("cannot start the server process")?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(BOOT_PATIENCE, async {
+            while let Some(line) = lines.next_line().await? {
+                if line == "ready" {
+                    return Ok(true);
+                }
+                println!("{line}");
+            }
+            Ok::<_, std::io::Error>(false)
+        })
+        .await;
+        match ready {
+            Ok(Ok(true)) => Ok(Self { child }),
+            Ok(Ok(false)) | Ok(Err(_)) => {
+                let status = child.wait().await.map_or_else(|e| e.to_string(), |s| s.to_string());
+                anyhow::bail!("the server process exited before it was ready ({status})")
+            }
+            Err(_) => anyhow::bail!("the server process was not ready within {BOOT_PATIENCE:?}"),
+        }
+    }
+
+    /// Tells the process to stop accepting, finish its requests and exit; reaps it later.
+    fn drain(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        tokio::spawn(async move {
+            let _ = self.child.wait().await;
+        });
+    }
+}
+
+/// Re-reads the projects that contain a changed path; returns the ones whose version changed.
+fn reload(projects: &mut [Project], touched: &[PathBuf]) -> Vec<(String, String)> {
+    let mut changed = Vec::new();
     for p in projects.iter_mut() {
         // `p.path` is canonical; notify reports absolute paths.
         if !touched.iter().any(|t| t.starts_with(&p.path)) {
@@ -100,9 +175,8 @@ fn reload(projects: &mut [Project], touched: &[PathBuf]) -> bool {
         match project::load(&p.path) {
             Ok(bundle) if bundle.id() == p.bundle.id() => {}
             Ok(bundle) => {
-                println!("tern dev: reloaded {} (version {})", bundle.name(), bundle.id().short());
-                p.bundle = Arc::new(bundle);
-                changed = true;
+                changed.push((bundle.name().to_string(), bundle.id().short()));
+                p.bundle = bundle;
             }
             Err(e) => eprintln!("tern dev: not reloaded, still serving version {}: {e}", p.bundle.id().short()),
         }
@@ -126,12 +200,11 @@ fn watch(
     })
     .context("cannot watch project files")?;
     for p in projects {
-        let path = &p.path;
         // A single file is watched through its folder, so editors that replace it still count.
-        let (target, mode) = if path.is_dir() {
-            (path.clone(), RecursiveMode::Recursive)
+        let (target, mode) = if p.path.is_dir() {
+            (p.path.clone(), RecursiveMode::Recursive)
         } else {
-            (path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")), RecursiveMode::NonRecursive)
+            (p.path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")), RecursiveMode::NonRecursive)
         };
         watcher.watch(&target, mode).with_context(|| format!("cannot watch {}", target.display()))?;
     }

@@ -5,6 +5,7 @@
 
 mod dev;
 mod project;
+mod serve;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -44,6 +45,18 @@ enum Command {
         #[arg(long)]
         isolate_threads: Option<usize>,
     },
+    /// Internal: serve projects on the listening socket given as standard input (`tern dev`
+    /// runs one such process per set of versions).
+    #[command(hide = true)]
+    Serve {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        isolate_threads: usize,
+        /// Serve the only project whatever the Host.
+        #[arg(long)]
+        any_host: bool,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -69,12 +82,20 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // The roles' own work runs on isolate threads; this runtime only watches and signals.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let log_format = match cli.log_format {
+        LogFormat::Pretty => "pretty",
+        LogFormat::Json => "json",
+    };
     match cli.command {
         Command::Dev { paths, port, ip, isolate_threads } => {
             let isolate_threads =
                 isolate_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            rt.block_on(dev::run(dev::DevOptions { paths, addr: ip, port, isolate_threads }))
+            rt.block_on(dev::run(dev::DevOptions { paths, addr: ip, port, isolate_threads, log_format }))
+        }
+        Command::Serve { paths, isolate_threads, any_host } => {
+            rt.block_on(serve::run(serve::ServeOptions { paths, isolate_threads, fallback: any_host }))
         }
     }
 }

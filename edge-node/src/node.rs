@@ -26,12 +26,13 @@ impl EdgeNode {
         }
     }
 
-    /// Replaces the functions the node serves. Requests already dispatched finish on the
-    /// versions they started with.
-    pub fn set_routes(&self, table: RouteTable) {
+    /// Replaces the functions the node serves once their isolates are booted (or have
+    /// reported their load errors). Requests already dispatched finish on the versions they
+    /// started with.
+    pub async fn set_routes(&self, table: RouteTable) {
         let table = Arc::new(table);
         for bundle in table.functions() {
-            self.isolates.prepare(bundle.clone());
+            self.isolates.prepare_and_wait(bundle.clone()).await;
         }
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
     }

@@ -5,6 +5,10 @@
 //! Connections are accepted and served on the isolate threads themselves (each accepts from
 //! a clone of one listening socket), so a request whose function lives on the accepting
 //! thread never crosses threads: on one core, no context switch per request.
+//!
+//! [`ServeHandle::drain`] stops accepting and lets every connection finish its in-flight
+//! requests: HTTP/1.1 connections close after their current response, HTTP/2 ones get
+//! GOAWAY, so clients reconnect to whoever serves next.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,32 +31,83 @@ use crate::routing::normalize_host;
 
 pub type NodeBody = BoxBody<Bytes, BoxError>;
 
-/// Binds `addr` and serves it on every isolate thread; returns the bound address.
-pub fn listen(node: &Arc<EdgeNode>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(addr)?;
+/// After it stops accepting, a draining server keeps serving its open connections this long
+/// before closing the idle ones: a client that connected just before the stop has sent its
+/// request by then, and hyper would otherwise close such a connection unread.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Serving on every isolate thread; dropping it does not stop serving, [`Self::drain`] does.
+pub struct ServeHandle {
+    pub local_addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    drained: Vec<oneshot::Receiver<()>>,
+}
+
+impl ServeHandle {
+    /// Stops accepting, waits up to `patience` for open connections to finish their
+    /// requests, and returns how many isolate threads drained in time.
+    pub async fn drain(self, patience: std::time::Duration) -> usize {
+        let _ = self.stop.send(true);
+        let all = futures_util_join_all(self.drained);
+        tokio::time::timeout(patience, all).await.unwrap_or(0)
+    }
+}
+
+async fn futures_util_join_all(receivers: Vec<oneshot::Receiver<()>>) -> usize {
+    let mut done = 0;
+    for r in receivers {
+        if r.await.is_ok() {
+            done += 1;
+        }
+    }
+    done
+}
+
+/// Binds `addr` and serves it on every isolate thread.
+pub fn listen(node: &Arc<EdgeNode>, addr: SocketAddr) -> std::io::Result<ServeHandle> {
+    listen_on(node, std::net::TcpListener::bind(addr)?)
+}
+
+/// Serves an already bound listener (for example one inherited from a supervisor) on every
+/// isolate thread.
+pub fn listen_on(node: &Arc<EdgeNode>, listener: std::net::TcpListener) -> std::io::Result<ServeHandle> {
     listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    node.set_local_addr(local);
-    let node = node.clone();
+    let local_addr = listener.local_addr()?;
+    node.set_local_addr(local_addr);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (done_senders, drained): (Vec<_>, Vec<_>) = (0..node.isolates().len()).map(|_| oneshot::channel()).unzip();
+    let done_senders = std::sync::Mutex::new(done_senders.into_iter().map(Some).collect::<Vec<_>>());
     let listener = std::sync::Mutex::new(listener);
-    node.clone().isolates().spawn_on_each(move |index| {
+    let shared = node.clone();
+    node.isolates().spawn_on_each(move |index| {
         let clone = listener.lock().unwrap_or_else(|p| p.into_inner()).try_clone();
-        let node = node.clone();
+        let done = done_senders.lock().unwrap_or_else(|p| p.into_inner())[index].take();
+        let node = shared.clone();
+        let stopped = stopped.clone();
         Box::pin(async move {
             match clone.and_then(TcpListener::from_std) {
-                Ok(listener) => serve(node, listener).await,
+                Ok(listener) => serve(node, listener, stopped).await,
                 Err(e) => tracing::error!("isolate thread {index} cannot accept connections: {e}"),
+            }
+            if let Some(done) = done {
+                let _ = done.send(());
             }
         })
     });
-    Ok(local)
+    Ok(ServeHandle { local_addr, stop, drained })
 }
 
-/// Accepts connections on `listener` until the task is dropped.
-pub async fn serve(node: Arc<EdgeNode>, listener: TcpListener) {
+/// Accepts connections on `listener` until `stopped` turns true, then waits for the open
+/// connections to finish gracefully.
+pub async fn serve(node: Arc<EdgeNode>, listener: TcpListener, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let (stream, remote) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.wait_for(|stop| *stop) => break,
+        };
+        let (stream, remote) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -63,17 +118,20 @@ pub async fn serve(node: Arc<EdgeNode>, listener: TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let node = node.clone();
-        let builder = builder.clone();
+        let service = service_fn(move |req| {
+            let node = node.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(&node, req, remote).await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let node = node.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&node, req, remote).await) }
-            });
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = connection.await {
                 tracing::debug!(%remote, "connection ended: {e}");
             }
         });
     }
+    drop(listener);
+    tokio::time::sleep(DRAIN_GRACE).await;
+    graceful.shutdown().await;
 }
 
 async fn handle(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr) -> Response<NodeBody> {

@@ -31,11 +31,16 @@ impl ModuleBytes for BundleFiles {
 }
 
 /// Serves `bundle` from `inbox` until the inbox closes and the isolate has finished its work.
-pub async fn run_function(bundle: Arc<Bundle>, inbox: Inbox) {
+/// `booted` is told once the first isolate is ready or its modules failed to load.
+pub async fn run_function(bundle: Arc<Bundle>, inbox: Inbox, mut booted: Option<tokio::sync::oneshot::Sender<()>>) {
     let identity = FunctionIdentity { name: bundle.name().to_string(), version: bundle.id().short() };
     loop {
         let started = Instant::now();
-        let mut js = match boot(&bundle, &inbox, &identity).await {
+        let result = boot(&bundle, &inbox, &identity).await;
+        if let Some(booted) = booted.take() {
+            let _ = booted.send(());
+        }
+        let mut js = match result {
             Ok(js) => js,
             Err(failure) => {
                 tracing::error!(target: "tern::function", function = %identity.name, version = %identity.version,
@@ -46,7 +51,10 @@ pub async fn run_function(bundle: Arc<Bundle>, inbox: Inbox) {
         };
         tracing::debug!(function = %identity.name, version = %identity.version, elapsed = ?started.elapsed(), "isolate ready");
         match js.run_event_loop(PollEventLoopOptions::default()).await {
-            Ok(()) => return,
+            Ok(()) => {
+                tracing::debug!(function = %identity.name, version = %identity.version, "isolate finished its work and stops");
+                return;
+            }
             Err(e) => {
                 let failure = Failure { kind: FailureKind::IsolateFailed, detail: readable(&e.to_string()) };
                 tracing::error!(target: "tern::function", function = %identity.name, version = %identity.version,

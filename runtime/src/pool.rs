@@ -16,14 +16,14 @@ use std::thread;
 
 use tern_js_api::exchange::{Exchange, Failure, FailureKind, Inbox, Reply};
 use tern_proto::{Bundle, BundleId};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::isolate::run_function;
 
 #[allow(clippy::large_enum_variant, reason = "Dispatch is the hot path: boxing it would allocate per request")]
 enum Command {
     Dispatch { bundle: Arc<Bundle>, exchange: Exchange },
-    Prepare { bundle: Arc<Bundle> },
+    Prepare { bundle: Arc<Bundle>, booted: Option<oneshot::Sender<()>> },
     Spawn(ThreadTask),
 }
 
@@ -84,7 +84,17 @@ impl IsolateThreads {
     /// Boots the isolate of `bundle` ahead of its first request (load errors are logged now).
     pub fn prepare(&self, bundle: Arc<Bundle>) {
         let thread = &self.threads[thread_for(bundle.name(), self.threads.len())];
-        let _ = thread.send(Command::Prepare { bundle });
+        let _ = thread.send(Command::Prepare { bundle, booted: None });
+    }
+
+    /// Like [`Self::prepare`], and resolves once the isolate is ready to serve or its
+    /// modules failed to load (which it then reports to every request).
+    pub async fn prepare_and_wait(&self, bundle: Arc<Bundle>) {
+        let thread = &self.threads[thread_for(bundle.name(), self.threads.len())];
+        let (booted, done) = oneshot::channel();
+        if thread.send(Command::Prepare { bundle, booted: Some(booted) }).is_ok() {
+            let _ = done.await;
+        }
     }
 
     /// Hands `exchange` to the isolate of `bundle`, booting it if needed.
@@ -118,14 +128,14 @@ fn isolate_thread(mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut slots: HashMap<String, Slot> = HashMap::new();
         while let Some(command) = commands.recv().await {
             match command {
-                Command::Prepare { bundle } => {
-                    inbox_for(&mut slots, bundle);
+                Command::Prepare { bundle, booted } => {
+                    inbox_for(&mut slots, bundle, booted);
                 }
                 Command::Spawn(task) => {
                     tokio::task::spawn_local(task());
                 }
                 Command::Dispatch { bundle, exchange } => {
-                    let inbox = inbox_for(&mut slots, bundle);
+                    let inbox = inbox_for(&mut slots, bundle, None);
                     if let Err(mpsc::error::SendError(exchange)) = inbox.send(exchange) {
                         let failure = Failure { kind: FailureKind::IsolateFailed, detail: "isolate stopped".into() };
                         let _ = exchange.reply.send(Reply::Failed(failure));
@@ -138,14 +148,22 @@ fn isolate_thread(mut commands: mpsc::UnboundedReceiver<Command>) {
 
 /// The inbox of the isolate running `bundle`, starting one if this version has none. The
 /// previous version's inbox is dropped: its isolate finishes what it holds, then stops.
-fn inbox_for(slots: &mut HashMap<String, Slot>, bundle: Arc<Bundle>) -> mpsc::UnboundedSender<Exchange> {
+fn inbox_for(
+    slots: &mut HashMap<String, Slot>,
+    bundle: Arc<Bundle>,
+    booted: Option<oneshot::Sender<()>>,
+) -> mpsc::UnboundedSender<Exchange> {
     if let Some(slot) = slots.get(bundle.name()).filter(|s| s.version == bundle.id() && !s.inbox.is_closed()) {
+        // Already running (or booting): whoever waits is told at once.
+        if let Some(booted) = booted {
+            let _ = booted.send(());
+        }
         return slot.inbox.clone();
     }
     let (tx, rx) = mpsc::unbounded_channel();
     tracing::info!(function = bundle.name(), version = %bundle.id().short(), "starting isolate");
     slots.insert(bundle.name().to_string(), Slot { version: bundle.id(), inbox: tx.clone() });
-    tokio::task::spawn_local(run_function(bundle, Inbox::new(rx)));
+    tokio::task::spawn_local(run_function(bundle, Inbox::new(rx), booted));
     tx
 }
 

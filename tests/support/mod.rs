@@ -91,6 +91,16 @@ impl Tern {
         self.output().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
+    /// PIDs of this process's children (the `tern serve` processes of `tern dev`).
+    pub fn child_pids(&self) -> Vec<u32> {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }

@@ -1,0 +1,70 @@
+//! `tern serve` (internal, started by `tern dev`): serves function projects on a listening
+//! socket inherited as standard input, the way inetd hands sockets to its servers.
+//!
+//! It boots every function's isolate, prints `ready` on standard output, and serves until
+//! SIGTERM (or SIGINT, or its parent going away); then it stops accepting, lets open
+//! connections finish their requests, and exits. One such process serves one set of
+//! versions: `tern dev` replaces the process on every reload, so no process lives long
+//! enough for the engine's per-isolate leak to matter, and a crash costs a restart.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tern_edge_node::{EdgeNode, ErrorDetail, RouteTable};
+use tern_runtime::IsolateThreads;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::project;
+
+/// How long open connections get to finish after the stop signal.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(30);
+/// How often the process checks that its parent is still there.
+const PARENT_CHECK: Duration = Duration::from_millis(250);
+
+pub struct ServeOptions {
+    pub paths: Vec<PathBuf>,
+    pub isolate_threads: usize,
+    /// Serve the only project whatever the Host.
+    pub fallback: bool,
+}
+
+pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
+    let listener = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::net::TcpListener::from)
+        .context("standard input must be the listening socket")?;
+    let mut bundles = Vec::new();
+    for path in &options.paths {
+        bundles.push(Arc::new(project::load(path)?));
+    }
+    let fallback = options.fallback.then(|| bundles[0].name().to_string());
+    let node = Arc::new(EdgeNode::new(IsolateThreads::start(options.isolate_threads)?, ErrorDetail::Expose));
+    node.set_routes(RouteTable::new(bundles, fallback.as_deref())).await;
+    let serving = tern_edge_node::server::listen_on(&node, listener).context("cannot serve the inherited socket")?;
+    println!("ready");
+    std::io::stdout().flush()?;
+
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let parent = std::os::unix::process::parent_id();
+    let mut check = tokio::time::interval(PARENT_CHECK);
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = check.tick() => {
+                if std::os::unix::process::parent_id() != parent {
+                    tracing::info!("tern dev went away; stopping");
+                    break;
+                }
+            }
+        }
+    }
+    serving.drain(DRAIN_PATIENCE).await;
+    Ok(())
+}
