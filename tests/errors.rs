@@ -130,3 +130,32 @@ async fn bug_header_value_with_control_character_is_an_invalid_response_not_a_dr
     assert!(a.text.contains("x-bad"), "the message names the header: {}", a.text);
     assert_eq!(get(&tern, "healthy.localhost", "/").await.text, "ok");
 }
+
+#[tokio::test]
+async fn hostile_return_values_do_not_stop_the_serve_loop() {
+    let thenable_throws = Project::new(
+        "getter",
+        &[(
+            "index.js",
+            r#"export default { fetch(request) {
+                if (new URL(request.url).pathname === "/ok") return new Response("still serving");
+                return { get then() { throw new Error("then getter kaboom"); } };
+            } };"#,
+        )],
+    );
+    let rejects_later = Project::new(
+        "thenable",
+        &[(
+            "index.js",
+            r#"export default { fetch() { return { then(_ok, fail) { fail(new Error("custom thenable kaboom")); } }; } };"#,
+        )],
+    );
+    let tern = Tern::dev(&[thenable_throws.path(), rejects_later.path()]);
+    let a = get(&tern, "getter.localhost", "/").await;
+    assert_eq!((a.status, a.header("tern-error")), (500, Some("uncaught_exception")), "{}", a.text);
+    assert!(a.text.contains("then getter kaboom"), "{}", a.text);
+    assert_eq!(get(&tern, "getter.localhost", "/ok").await.text, "still serving");
+    let b = get(&tern, "thenable.localhost", "/").await;
+    assert_eq!((b.status, b.header("tern-error")), (500, Some("uncaught_exception")));
+    assert!(b.text.contains("custom thenable kaboom"), "{}", b.text);
+}

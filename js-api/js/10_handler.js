@@ -17,7 +17,14 @@ import {
   op_tern_respond_text,
 } from "ext:core/ops";
 
-const { ObjectPrototypeIsPrototypeOf, TypedArrayPrototypeGetSymbolToStringTag, ArrayBufferIsView } = primordials;
+const {
+  ArrayBufferIsView,
+  ObjectCreate,
+  ObjectPrototypeIsPrototypeOf,
+  PromisePrototypeThen,
+  PromiseResolve,
+  TypedArrayPrototypeGetSymbolToStringTag,
+} = primordials;
 
 export function installHandlerProtocol({ streams, request, response, body, reportUncaught }) {
   const { ReadableStream, ReadableStreamPrototype } = streams;
@@ -70,15 +77,18 @@ export function installHandlerProtocol({ streams, request, response, body, repor
   }
   globalThis.FetchEvent = FetchEvent;
 
+  // One prototype for every request's ctx: creating a ctx is one small object.
+  const ctxPrototype = {
+    waitUntil(promise) {
+      // Keeping a reference is enough: the isolate's event loop runs until it settles.
+      Promise.resolve(promise).catch((e) => reportUncaught("in waitUntil", e));
+    },
+    passThroughOnException() {},
+  };
   function makeCtx() {
-    return {
-      waitUntil(promise) {
-        // Keeping a reference is enough: the isolate's event loop runs until it settles.
-        Promise.resolve(promise).catch((e) => reportUncaught("in waitUntil", e));
-      },
-      passThroughOnException() {},
-      props: {},
-    };
+    const ctx = ObjectCreate(ctxPrototype);
+    ctx.props = {};
+    return ctx;
   }
 
   function makeRequest(id, method, url, headerList, hasBody) {
@@ -117,7 +127,8 @@ export function installHandlerProtocol({ streams, request, response, body, repor
     throw new TypeError(`response body chunks must be Uint8Array or ArrayBuffer, got ${describe(chunk)}`);
   }
 
-  async function sendResponse(id, res) {
+  /** Sends `res`; returns a promise only while a streamed body is still being written. */
+  function sendResponse(id, res) {
     if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, res)) {
       op_tern_fail(id, "invalid_response", `the handler returned ${describe(res)}, not a Response`);
       return;
@@ -149,7 +160,10 @@ export function installHandlerProtocol({ streams, request, response, body, repor
       op_tern_fail(id, "invalid_response", e.message);
       return;
     }
-    const source = innerBody.streamOrStatic;
+    return streamBody(id, innerBody.streamOrStatic);
+  }
+
+  async function streamBody(id, source) {
     const reader = source.getReader();
     for (;;) {
       let next;
@@ -180,18 +194,35 @@ export function installHandlerProtocol({ streams, request, response, body, repor
     op_tern_body_close(id);
   }
 
-  async function handle(handler, exchange) {
+  function failed(id) {
+    return (e) => op_tern_fail(id, "uncaught_exception", errorText(e));
+  }
+
+  /** Runs the handler; synchronous handlers answer without a single promise. */
+  function handle(handler, exchange) {
     const id = exchange[0];
     let res;
+    let thenable;
     try {
-      const req = makeRequest(id, exchange[1], exchange[2], exchange[3], exchange[4]);
-      res = await handler(req, makeCtx());
+      res = handler(makeRequest(id, exchange[1], exchange[2], exchange[3], exchange[4]), makeCtx());
+      // Reading `then` runs user code (a getter may throw): keep it inside the try.
+      thenable = res !== null && typeof res === "object" && !ObjectPrototypeIsPrototypeOf(ResponsePrototype, res) &&
+        typeof res.then === "function";
     } catch (e) {
       op_tern_fail(id, "uncaught_exception", errorText(e));
       return;
     }
+    if (thenable) {
+      PromisePrototypeThen(PromiseResolve(res), (r) => respondSafely(id, r), failed(id));
+      return;
+    }
+    respondSafely(id, res);
+  }
+
+  function respondSafely(id, res) {
     try {
-      await sendResponse(id, res);
+      const streaming = sendResponse(id, res);
+      if (streaming !== undefined) PromisePrototypeThen(streaming, undefined, failed(id));
     } catch (e) {
       op_tern_fail(id, "uncaught_exception", errorText(e));
     }
@@ -235,7 +266,12 @@ export function installHandlerProtocol({ streams, request, response, body, repor
       for (;;) {
         const exchange = await op_tern_next_request();
         if (exchange === null) return;
-        handle(handler, exchange);
+        try {
+          handle(handler, exchange);
+        } catch (e) {
+          // handle() answers every failure itself; this only keeps the loop alive.
+          reportUncaught("in the handler protocol", e);
+        }
       }
     })();
   }

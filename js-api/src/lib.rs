@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use deno_core::convert::Uint8Array;
-use deno_core::{Extension, OpState, op2, v8};
+use deno_core::{Extension, ExtensionFileSourceCode, OpState, op2, v8};
 use deno_error::JsErrorBox;
 
 /// URL prefix under which a function's modules live (`file:///src/index.js`).
@@ -83,9 +83,39 @@ deno_core::extension!(
     },
 );
 
-/// Every extension a function isolate boots with, in dependency order.
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded_js.rs"));
+}
+
+/// Embedded sources by the path deno_core would otherwise read at run time.
+fn embedded_source(path: &str) -> Option<&'static str> {
+    static BY_PATH: std::sync::LazyLock<std::collections::HashMap<&'static str, &'static str>> =
+        std::sync::LazyLock::new(|| embedded::EMBEDDED_JS.iter().copied().collect());
+    BY_PATH.get(path).copied()
+}
+
+/// Replaces every "read this file at run time" source with the text embedded at build time.
+fn embed_sources(extension: &mut Extension) {
+    for files in [
+        &mut extension.js_files,
+        &mut extension.esm_files,
+        &mut extension.lazy_loaded_esm_files,
+        &mut extension.lazy_loaded_js_files,
+    ] {
+        for file in files.to_mut().iter_mut() {
+            if let ExtensionFileSourceCode::LoadedFromFsDuringSnapshot(path) = file.code
+                && let Some(source) = embedded_source(path)
+            {
+                file.code = ExtensionFileSourceCode::Computed(Arc::from(source));
+            }
+        }
+    }
+}
+
+/// Every extension a function isolate boots with, in dependency order, with their
+/// JavaScript embedded in the binary (never read from disk at run time).
 pub fn extensions(policy: &egress::EgressPolicy) -> Vec<Extension> {
-    vec![
+    let mut extensions = vec![
         deno_webidl::deno_webidl::init(),
         deno_web::deno_web::init(
             deno_web::BlobStore::default_arc(),
@@ -97,5 +127,31 @@ pub fn extensions(policy: &egress::EgressPolicy) -> Vec<Extension> {
         deno_net::deno_net::init(None, None),
         deno_fetch::deno_fetch::init(egress::fetch_options(policy)),
         tern_api::init(policy.clone()),
-    ]
+    ];
+    extensions.iter_mut().for_each(embed_sources);
+    extensions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The binary used to read every extension's JS from the cargo registry and the source
+    /// tree at run time, so it failed ("No such file or directory") anywhere else.
+    #[test]
+    fn bug_no_extension_source_is_read_from_disk_at_run_time() {
+        let on_disk: Vec<&str> = extensions(&egress::EgressPolicy::default())
+            .iter()
+            .flat_map(|e| {
+                e.js_files
+                    .iter()
+                    .chain(e.esm_files.iter())
+                    .chain(e.lazy_loaded_esm_files.iter())
+                    .chain(e.lazy_loaded_js_files.iter())
+            })
+            .filter(|f| matches!(f.code, ExtensionFileSourceCode::LoadedFromFsDuringSnapshot(_)))
+            .map(|f| f.specifier)
+            .collect();
+        assert!(on_disk.is_empty(), "read from disk at run time: {on_disk:?}");
+    }
 }
