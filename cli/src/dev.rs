@@ -38,6 +38,7 @@ pub struct DevOptions {
     pub port: u16,
     pub isolate_threads: usize,
     pub log_format: &'static str,
+    pub ca_certs: Vec<PathBuf>,
 }
 
 struct Project {
@@ -57,6 +58,8 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     if let Some(dup) = names.windows(2).find(|w| w[0] == w[1]) {
         anyhow::bail!("two projects are named {:?}; names must be unique", dup[0]);
     }
+    // Check the CA files here so a bad one stops `tern dev` with its name, not a child.
+    crate::serve::trusted_roots(&options.ca_certs)?;
     let listener = std::net::TcpListener::bind(SocketAddr::new(options.addr, options.port))
         .with_context(|| format!("cannot listen on {}:{}", options.addr, options.port))?;
     let local = listener.local_addr()?;
@@ -125,6 +128,7 @@ impl ServerProcess {
             .args(["--log-format", options.log_format, "serve", "--isolate-threads"])
             .arg(options.isolate_threads.to_string())
             .args(if options.paths.len() == 1 { &["--any-host"][..] } else { &[] })
+            .args(options.ca_certs.iter().flat_map(|c| [std::ffi::OsStr::new("--ca-cert"), c.as_os_str()]))
             .args(&options.paths)
             .stdin(Stdio::from(socket))
             .stdout(Stdio::piped())

@@ -44,6 +44,10 @@ enum Command {
         /// Isolate threads (default: one per CPU core).
         #[arg(long)]
         isolate_threads: Option<usize>,
+        /// A PEM file of certificate authorities that functions' outbound HTTPS trusts,
+        /// besides the Mozilla roots (repeatable), like NODE_EXTRA_CA_CERTS.
+        #[arg(long = "ca-cert", value_name = "FILE")]
+        ca_certs: Vec<PathBuf>,
     },
     /// Internal: serve projects on the listening socket given as standard input (`tern dev`
     /// runs one such process per set of versions).
@@ -56,6 +60,8 @@ enum Command {
         /// Serve the only project whatever the Host.
         #[arg(long)]
         any_host: bool,
+        #[arg(long = "ca-cert", value_name = "FILE")]
+        ca_certs: Vec<PathBuf>,
     },
 }
 
@@ -89,13 +95,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         LogFormat::Json => "json",
     };
     match cli.command {
-        Command::Dev { paths, port, ip, isolate_threads } => {
+        Command::Dev { paths, port, ip, isolate_threads, ca_certs } => {
             let isolate_threads =
                 isolate_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            rt.block_on(dev::run(dev::DevOptions { paths, addr: ip, port, isolate_threads, log_format }))
+            rt.block_on(dev::run(dev::DevOptions { paths, addr: ip, port, isolate_threads, log_format, ca_certs }))
         }
-        Command::Serve { paths, isolate_threads, any_host } => {
-            rt.block_on(serve::run(serve::ServeOptions { paths, isolate_threads, fallback: any_host }))
+        Command::Serve { paths, isolate_threads, any_host, ca_certs } => {
+            rt.block_on(serve::run(serve::ServeOptions { paths, ca_certs, isolate_threads, fallback: any_host }))
         }
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tern_edge_node::{EdgeNode, ErrorDetail, RouteTable};
+use tern_js_api::egress::{Egress, TrustedRoots};
 use tern_runtime::IsolateThreads;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -27,6 +28,8 @@ const PARENT_CHECK: Duration = Duration::from_millis(250);
 
 pub struct ServeOptions {
     pub paths: Vec<PathBuf>,
+    /// PEM files of certificate authorities trusted by outbound HTTPS, besides Mozilla's.
+    pub ca_certs: Vec<PathBuf>,
     pub isolate_threads: usize,
     /// Serve the only project whatever the Host.
     pub fallback: bool,
@@ -43,7 +46,8 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         bundles.push(Arc::new(project::load(path)?));
     }
     let fallback = options.fallback.then(|| bundles[0].name().to_string());
-    let node = Arc::new(EdgeNode::new(IsolateThreads::start(options.isolate_threads)?, ErrorDetail::Expose));
+    let egress = Egress { roots: trusted_roots(&options.ca_certs)?, ..Egress::default() };
+    let node = Arc::new(EdgeNode::new(IsolateThreads::start(options.isolate_threads, egress)?, ErrorDetail::Expose));
     node.set_routes(RouteTable::new(bundles, fallback.as_deref())).await;
     let serving = tern_edge_node::server::listen_on(&node, listener).context("cannot serve the inherited socket")?;
     println!("ready");
@@ -67,4 +71,17 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     }
     serving.drain(DRAIN_PATIENCE).await;
     Ok(())
+}
+
+/// Mozilla's roots plus the given CA files; `None` when there are none.
+pub fn trusted_roots(files: &[PathBuf]) -> anyhow::Result<Option<Arc<TrustedRoots>>> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let pems = files
+        .iter()
+        .map(|f| Ok((f.display().to_string(), std::fs::read(f).with_context(|| format!("{}", f.display()))?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let roots = TrustedRoots::with_extra_pem(pems.iter().map(|(name, pem)| (name.as_str(), pem.as_slice())))?;
+    Ok(Some(Arc::new(roots)))
 }

@@ -114,7 +114,7 @@ fn embed_sources(extension: &mut Extension) {
 
 /// Every extension a function isolate boots with, in dependency order, with their
 /// JavaScript embedded in the binary (never read from disk at run time).
-pub fn extensions(policy: &egress::EgressPolicy) -> Vec<Extension> {
+pub fn extensions(egress: &egress::Egress) -> Vec<Extension> {
     let mut extensions = vec![
         deno_webidl::deno_webidl::init(),
         deno_web::deno_web::init(
@@ -125,8 +125,8 @@ pub fn extensions(policy: &egress::EgressPolicy) -> Vec<Extension> {
         ),
         deno_crypto::deno_crypto::init(None),
         deno_net::deno_net::init(None, None),
-        deno_fetch::deno_fetch::init(egress::fetch_options(policy)),
-        tern_api::init(policy.clone()),
+        deno_fetch::deno_fetch::init(egress::fetch_options(egress)),
+        tern_api::init(egress.policy.clone()),
     ];
     extensions.iter_mut().for_each(embed_sources);
     extensions
@@ -140,7 +140,7 @@ mod tests {
     /// tree at run time, so it failed ("No such file or directory") anywhere else.
     #[test]
     fn bug_no_extension_source_is_read_from_disk_at_run_time() {
-        let on_disk: Vec<&str> = extensions(&egress::EgressPolicy::default())
+        let on_disk: Vec<&str> = extensions(&egress::Egress::default())
             .iter()
             .flat_map(|e| {
                 e.js_files

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deno_core::{JsRuntime, PollEventLoopOptions, RuntimeOptions, v8};
+use tern_js_api::egress::Egress;
 use tern_js_api::exchange::{Failure, FailureKind, FunctionIdentity, InFlight, Inbox, Reply};
 use tern_js_api::{FunctionEnv, ModuleBytes, ServeEntry};
 use tern_proto::{Bundle, ModulePath};
@@ -32,11 +33,16 @@ impl ModuleBytes for BundleFiles {
 
 /// Serves `bundle` from `inbox` until the inbox closes and the isolate has finished its work.
 /// `booted` is told once the first isolate is ready or its modules failed to load.
-pub async fn run_function(bundle: Arc<Bundle>, inbox: Inbox, mut booted: Option<tokio::sync::oneshot::Sender<()>>) {
+pub async fn run_function(
+    bundle: Arc<Bundle>,
+    inbox: Inbox,
+    egress: Egress,
+    mut booted: Option<tokio::sync::oneshot::Sender<()>>,
+) {
     let identity = FunctionIdentity { name: bundle.name().to_string(), version: bundle.id().short() };
     loop {
         let started = Instant::now();
-        let result = boot(&bundle, &inbox, &identity).await;
+        let result = boot(&bundle, &inbox, &identity, &egress).await;
         if let Some(booted) = booted.take() {
             let _ = booted.send(());
         }
@@ -84,9 +90,14 @@ fn readable(message: &str) -> String {
 }
 
 /// Boots an isolate for `bundle`, evaluates its modules and starts its serve loop.
-async fn boot(bundle: &Arc<Bundle>, inbox: &Inbox, identity: &FunctionIdentity) -> Result<JsRuntime, Failure> {
+async fn boot(
+    bundle: &Arc<Bundle>,
+    inbox: &Inbox,
+    identity: &FunctionIdentity,
+    egress: &Egress,
+) -> Result<JsRuntime, Failure> {
     let mut js = JsRuntime::try_new(RuntimeOptions {
-        extensions: tern_js_api::extensions(&tern_js_api::egress::EgressPolicy::default()),
+        extensions: tern_js_api::extensions(egress),
         module_loader: Some(Rc::new(BundleModuleLoader::new(bundle.clone()))),
         ..Default::default()
     })

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::thread;
 
+use tern_js_api::egress::Egress;
 use tern_js_api::exchange::{Exchange, Failure, FailureKind, Inbox, Reply};
 use tern_proto::{Bundle, BundleId};
 use tokio::sync::{mpsc, oneshot};
@@ -44,14 +45,15 @@ pub struct StartError {
 }
 
 impl IsolateThreads {
-    /// Starts `count` isolate threads (at least one).
-    pub fn start(count: usize) -> Result<Self, StartError> {
+    /// Starts `count` isolate threads (at least one); their isolates fetch through `egress`.
+    pub fn start(count: usize, egress: Egress) -> Result<Self, StartError> {
         let threads = (0..count.max(1))
             .map(|index| {
                 let (tx, rx) = mpsc::unbounded_channel();
+                let egress = egress.clone();
                 thread::Builder::new()
                     .name(format!("tern-isolates-{index}"))
-                    .spawn(move || isolate_thread(rx))
+                    .spawn(move || isolate_thread(rx, egress))
                     .map_err(|source| StartError { index, source })?;
                 Ok(tx)
             })
@@ -121,7 +123,7 @@ struct Slot {
     inbox: mpsc::UnboundedSender<Exchange>,
 }
 
-fn isolate_thread(mut commands: mpsc::UnboundedReceiver<Command>) {
+fn isolate_thread(mut commands: mpsc::UnboundedReceiver<Command>, egress: Egress) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("isolate thread runtime");
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
@@ -129,13 +131,13 @@ fn isolate_thread(mut commands: mpsc::UnboundedReceiver<Command>) {
         while let Some(command) = commands.recv().await {
             match command {
                 Command::Prepare { bundle, booted } => {
-                    inbox_for(&mut slots, bundle, booted);
+                    inbox_for(&mut slots, bundle, &egress, booted);
                 }
                 Command::Spawn(task) => {
                     tokio::task::spawn_local(task());
                 }
                 Command::Dispatch { bundle, exchange } => {
-                    let inbox = inbox_for(&mut slots, bundle, None);
+                    let inbox = inbox_for(&mut slots, bundle, &egress, None);
                     if let Err(mpsc::error::SendError(exchange)) = inbox.send(exchange) {
                         let failure = Failure { kind: FailureKind::IsolateFailed, detail: "isolate stopped".into() };
                         let _ = exchange.reply.send(Reply::Failed(failure));
@@ -151,6 +153,7 @@ fn isolate_thread(mut commands: mpsc::UnboundedReceiver<Command>) {
 fn inbox_for(
     slots: &mut HashMap<String, Slot>,
     bundle: Arc<Bundle>,
+    egress: &Egress,
     booted: Option<oneshot::Sender<()>>,
 ) -> mpsc::UnboundedSender<Exchange> {
     if let Some(slot) = slots.get(bundle.name()).filter(|s| s.version == bundle.id() && !s.inbox.is_closed()) {
@@ -163,7 +166,7 @@ fn inbox_for(
     let (tx, rx) = mpsc::unbounded_channel();
     tracing::info!(function = bundle.name(), version = %bundle.id().short(), "starting isolate");
     slots.insert(bundle.name().to_string(), Slot { version: bundle.id(), inbox: tx.clone() });
-    tokio::task::spawn_local(run_function(bundle, Inbox::new(rx), booted));
+    tokio::task::spawn_local(run_function(bundle, Inbox::new(rx), egress.clone(), booted));
     tx
 }
 
