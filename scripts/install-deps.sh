@@ -6,6 +6,8 @@
 set -euo pipefail
 
 packages=(cmake libsimde-dev wrk curl)
+# npm installs the framework fixtures (Hono, itty-router) for the tests.
+command -v npm >/dev/null || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -129,7 +129,10 @@ async fn a_crashed_server_process_is_replaced() {
 #[tokio::test]
 async fn requests_in_flight_during_a_reload_finish_on_the_old_version() {
     let slow = r#"export default { async fetch(request) {
-        if (new URL(request.url).pathname === "/slow") await new Promise((r) => setTimeout(r, 1500));
+        if (new URL(request.url).pathname === "/slow") {
+            console.log("slow request started");
+            await new Promise((r) => setTimeout(r, 1500));
+        }
         return new Response("v1");
     } };"#;
     let p = Project::new("atomic", &[("index.js", slow)]);
@@ -139,7 +142,8 @@ async fn requests_in_flight_during_a_reload_finish_on_the_old_version() {
         let req = tern.request("GET", "x", "/slow").body(empty()).unwrap();
         tokio::spawn(async move { send(&http1(), req).await })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Reload only once the slow request is inside the old version's isolate.
+    assert!(tern.wait_for_output("slow request started").await, "{}", tern.output());
     p.write("index.js", br#"export default { fetch: () => new Response("v2") };"#);
     assert!(tern.wait_for_output("reloaded atomic").await, "{}", tern.output());
     assert_eq!(get(&tern, "x", "/").await.text, "v2", "new requests reach the new version");
