@@ -159,3 +159,25 @@ async fn hostile_return_values_do_not_stop_the_serve_loop() {
     assert_eq!((b.status, b.header("tern-error")), (500, Some("uncaught_exception")));
     assert!(b.text.contains("custom thenable kaboom"), "{}", b.text);
 }
+
+/// A top-level await that can never settle used to hang the isolate's boot forever, and
+/// with it `tern dev`'s startup. A top-level await on a timer still works.
+#[tokio::test]
+async fn bug_top_level_await_that_never_settles_is_a_load_error() {
+    let stuck = Project::new(
+        "stuck",
+        &[("index.js", "await new Promise(() => {});\nexport default { fetch: () => new Response(\"x\") };\n")],
+    );
+    let waits = Project::new(
+        "waits",
+        &[(
+            "index.js",
+            "const ready = await new Promise((r) => setTimeout(() => r(\"ready\"), 20));\nexport default { fetch: () => new Response(ready) };\n",
+        )],
+    );
+    let tern = Tern::dev(&[stuck.path(), waits.path()]);
+    let a = get(&tern, "stuck.localhost", "/").await;
+    assert_eq!((a.status, a.header("tern-error")), (500, Some("load_failed")), "{}", a.text);
+    assert!(a.text.contains("index.js:1") && a.text.to_lowercase().contains("top-level await"), "{}", a.text);
+    assert_eq!(get(&tern, "waits.localhost", "/").await.text, "ready");
+}

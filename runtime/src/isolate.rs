@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use deno_core::error::CoreErrorKind;
 use deno_core::{JsRuntime, PollEventLoopOptions, RuntimeOptions, v8};
 use tern_js_api::egress::Egress;
 use tern_js_api::exchange::{Failure, FailureKind, FunctionIdentity, InFlight, Inbox, Reply};
@@ -115,9 +116,17 @@ async fn boot(
     let main = BundleModuleLoader::main_specifier(bundle);
     let module_id = js.load_main_es_module(&main).await.map_err(|e| load_failed(e.to_string()))?;
     let evaluation = js.mod_evaluate(module_id);
-    js.with_event_loop_future(Box::pin(evaluation), PollEventLoopOptions::default())
-        .await
-        .map_err(|e| load_failed(e.to_string()))?;
+    // Fails, rather than waiting forever, when a top-level await can no longer settle.
+    js.with_event_loop_promise(Box::pin(evaluation), PollEventLoopOptions::default()).await.map_err(|e| {
+        if matches!(e.as_kind(), CoreErrorKind::PendingPromiseResolution) {
+            load_failed(format!(
+                "{}: a top-level await never settles (nothing is left that could settle it)",
+                display_specifier(main.as_str())
+            ))
+        } else {
+            load_failed(e.to_string())
+        }
+    })?;
     let namespace = js.get_module_namespace(module_id).map_err(|e| load_failed(e.to_string()))?;
     let serve = js
         .op_state()
