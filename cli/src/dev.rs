@@ -39,6 +39,7 @@ pub struct DevOptions {
     pub isolate_threads: usize,
     pub log_format: &'static str,
     pub ca_certs: Vec<PathBuf>,
+    pub header_read_timeout: Duration,
 }
 
 struct Project {
@@ -129,6 +130,7 @@ impl ServerProcess {
             .arg(options.isolate_threads.to_string())
             .args(if options.paths.len() == 1 { &["--any-host"][..] } else { &[] })
             .args(options.ca_certs.iter().flat_map(|c| [std::ffi::OsStr::new("--ca-cert"), c.as_os_str()]))
+            .arg(format!("--header-read-timeout={}ms", options.header_read_timeout.as_millis()))
             .args(&options.paths)
             .stdin(Stdio::from(socket))
             .stdout(Stdio::piped())

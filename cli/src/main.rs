@@ -9,6 +9,7 @@ mod serve;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -26,6 +27,20 @@ struct Cli {
 enum LogFormat {
     Pretty,
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("5m").is_err());
+    }
 }
 
 #[derive(Subcommand)]
@@ -48,6 +63,9 @@ enum Command {
         /// besides the Mozilla roots (repeatable), like NODE_EXTRA_CA_CERTS.
         #[arg(long = "ca-cert", value_name = "FILE")]
         ca_certs: Vec<PathBuf>,
+        /// Time a client has to send a request's head (slowloris), e.g. `10s` or `500ms`.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+        header_read_timeout: Duration,
     },
     /// Internal: serve projects on the listening socket given as standard input (`tern dev`
     /// runs one such process per set of versions).
@@ -62,7 +80,23 @@ enum Command {
         any_host: bool,
         #[arg(long = "ca-cert", value_name = "FILE")]
         ca_certs: Vec<PathBuf>,
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+        header_read_timeout: Duration,
     },
+}
+
+/// `250ms`, `10s`: a duration with its unit.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| text.split_at(i))
+        .ok_or_else(|| format!("{text:?} needs a unit: ms or s"))?;
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} must start with a whole number"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        _ => Err(format!("{text:?}: unit must be ms or s")),
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -95,13 +129,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         LogFormat::Json => "json",
     };
     match cli.command {
-        Command::Dev { paths, port, ip, isolate_threads, ca_certs } => {
+        Command::Dev { paths, port, ip, isolate_threads, ca_certs, header_read_timeout } => {
             let isolate_threads =
                 isolate_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            rt.block_on(dev::run(dev::DevOptions { paths, addr: ip, port, isolate_threads, log_format, ca_certs }))
+            rt.block_on(dev::run(dev::DevOptions {
+                paths,
+                addr: ip,
+                port,
+                isolate_threads,
+                log_format,
+                ca_certs,
+                header_read_timeout,
+            }))
         }
-        Command::Serve { paths, isolate_threads, any_host, ca_certs } => {
-            rt.block_on(serve::run(serve::ServeOptions { paths, ca_certs, isolate_threads, fallback: any_host }))
+        Command::Serve { paths, isolate_threads, any_host, ca_certs, header_read_timeout } => {
+            let limits = tern_edge_node::ServerLimits { header_read_timeout, ..Default::default() };
+            rt.block_on(serve::run(serve::ServeOptions {
+                paths,
+                ca_certs,
+                isolate_threads,
+                fallback: any_host,
+                limits,
+            }))
         }
     }
 }

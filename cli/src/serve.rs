@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tern_edge_node::{EdgeNode, ErrorDetail, RouteTable};
+use tern_edge_node::{EdgeNode, ErrorDetail, RouteTable, ServerLimits};
 use tern_js_api::egress::{Egress, TrustedRoots};
 use tern_runtime::IsolateThreads;
 use tokio::signal::unix::{SignalKind, signal};
@@ -33,6 +33,7 @@ pub struct ServeOptions {
     pub isolate_threads: usize,
     /// Serve the only project whatever the Host.
     pub fallback: bool,
+    pub limits: ServerLimits,
 }
 
 pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
@@ -47,7 +48,11 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     }
     let fallback = options.fallback.then(|| bundles[0].name().to_string());
     let egress = Egress { roots: trusted_roots(&options.ca_certs)?, ..Egress::default() };
-    let node = Arc::new(EdgeNode::new(IsolateThreads::start(options.isolate_threads, egress)?, ErrorDetail::Expose));
+    let node = Arc::new(EdgeNode::new(
+        IsolateThreads::start(options.isolate_threads, egress)?,
+        ErrorDetail::Expose,
+        options.limits,
+    ));
     node.set_routes(RouteTable::new(bundles, fallback.as_deref())).await;
     let serving = tern_edge_node::server::listen_on(&node, listener).context("cannot serve the inherited socket")?;
     println!("ready");

@@ -1,16 +1,18 @@
 //! Tern's edge node: serves HTTP, picks the function for each request and hands it to the
 //! isolate runtime.
 //!
-//! Owns the listener ([`server`]), the pure route lookup ([`routing`]), the node's state
+//! Owns the listener ([`server`]) and its limits ([`limits`]), the pure route lookup ([`routing`]), the node's state
 //! ([`node`]) and the mapping of every failure to a status and `tern-error` code
 //! ([`errors`]). It does not run JavaScript itself (that is `tern-runtime`) and does not
 //! read projects from disk (that is the CLI).
 
 pub mod errors;
+pub mod limits;
 pub mod node;
 pub mod routing;
 pub mod server;
 
 pub use errors::{ErrorDetail, NodeError};
+pub use limits::ServerLimits;
 pub use node::EdgeNode;
 pub use routing::RouteTable;

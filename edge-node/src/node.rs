@@ -7,23 +7,30 @@ use std::sync::{Arc, RwLock};
 use tern_runtime::IsolateThreads;
 
 use crate::errors::ErrorDetail;
+use crate::limits::ServerLimits;
 use crate::routing::RouteTable;
 
 pub struct EdgeNode {
     routes: RwLock<Arc<RouteTable>>,
     isolates: IsolateThreads,
     error_detail: ErrorDetail,
+    limits: ServerLimits,
     local_addr: RwLock<Option<SocketAddr>>,
 }
 
 impl EdgeNode {
-    pub fn new(isolates: IsolateThreads, error_detail: ErrorDetail) -> Self {
+    pub fn new(isolates: IsolateThreads, error_detail: ErrorDetail, limits: ServerLimits) -> Self {
         Self {
             routes: RwLock::new(Arc::new(RouteTable::default())),
             isolates,
             error_detail,
+            limits,
             local_addr: RwLock::new(None),
         }
+    }
+
+    pub fn limits(&self) -> &ServerLimits {
+        &self.limits
     }
 
     /// Replaces the functions the node serves once their isolates are booted (or have

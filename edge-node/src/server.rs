@@ -19,13 +19,14 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tern_js_api::exchange::{BoxError, Exchange, Failure, FailureKind, Reply};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::errors::NodeError;
+use crate::limits::ServerLimits;
 use crate::node::EdgeNode;
 use crate::routing::normalize_host;
 
@@ -100,7 +101,7 @@ pub fn listen_on(node: &Arc<EdgeNode>, listener: std::net::TcpListener) -> std::
 /// Accepts connections on `listener` until `stopped` turns true, then waits for the open
 /// connections to finish gracefully.
 pub async fn serve(node: Arc<EdgeNode>, listener: TcpListener, mut stopped: tokio::sync::watch::Receiver<bool>) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let builder = Arc::new(http_builder(node.limits()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -132,6 +133,25 @@ pub async fn serve(node: Arc<EdgeNode>, listener: TcpListener, mut stopped: toki
     drop(listener);
     tokio::time::sleep(DRAIN_GRACE).await;
     graceful.shutdown().await;
+}
+
+/// hyper's server, configured with the node's [`ServerLimits`].
+fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.max_local_error_reset_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
 }
 
 async fn handle(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr) -> Response<NodeBody> {
