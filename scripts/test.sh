@@ -15,7 +15,11 @@ for fixture in tests/functions/hono tests/functions/itty-router; do
 done
 
 echo "== tests"
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+passed=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$log")
+failed=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$log")
 
 echo "== format"
 cargo fmt --all --check
@@ -25,3 +29,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== V8 engine build type-checks"
 DOCS_RS=1 cargo check --locked -p tern --no-default-features --features v8 --target-dir target/v8-check
+
+# One line that sums up every test above (cargo prints one result line per test binary).
+echo "tests: $passed passed, $failed failed"
