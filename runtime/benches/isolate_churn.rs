@@ -3,10 +3,10 @@
 //!
 //!     cargo bench -p tern-runtime --bench isolate_churn [-- CYCLES]
 //!
-//! Three shapes, each in a fresh process (the leak is per process): a bare deno_core
+//! Four shapes, each in a fresh process (the leak is per process): a bare deno_core
 //! `JsRuntime` (the engine alone), one with Tern's extensions (the Web API crates and our
-//! bootstrap), and a function version served and replaced through `IsolateThreads` (what
-//! the edge node does). Prints RSS growth per cycle against PERFORMANCE.md's churn budget
+//! bootstrap), the same with each isolate on a fresh OS thread, and a function version
+//! served and replaced through `IsolateThreads` (what the edge node does). Prints RSS growth per cycle against PERFORMANCE.md's churn budget
 //! (RSS growth under 1 MiB per 1,000 cycles).
 #![allow(clippy::print_stdout)]
 
@@ -80,6 +80,24 @@ fn with_extensions(cycles: usize) {
     });
 }
 
+/// Each isolate on its own short-lived OS thread: v8x keeps a per-thread table of native
+/// functions, indexed through QuickJS's 16-bit `magic`, that only dies with the thread.
+fn with_extensions_fresh_thread(cycles: usize) {
+    measure("  ... one fresh thread each", cycles, |_| {
+        std::thread::spawn(|| {
+            let rt = JsRuntime::try_new(RuntimeOptions {
+                extensions: tern_js_api::extensions(&Egress::default()),
+                ..Default::default()
+            })
+            .map_err(|e| e.to_string())?;
+            drop(rt);
+            Ok::<_, String>(())
+        })
+        .join()
+        .map_err(|_| "the thread panicked".to_string())?
+    });
+}
+
 fn served_versions(cycles: usize) {
     let threads = IsolateThreads::start(1, Egress::default()).expect("isolate thread");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -108,6 +126,7 @@ fn main() {
         match shape {
             "bare" => bare(cycles),
             "extensions" => with_extensions(cycles),
+            "extensions-threads" => with_extensions_fresh_thread(cycles),
             _ => served_versions(cycles),
         }
         return;
@@ -115,7 +134,7 @@ fn main() {
     let cycles: usize = first.and_then(|c| c.parse().ok()).unwrap_or(40);
     println!("isolate churn, {cycles} cycles per shape, each shape in its own process (quickjs engine)");
     let me = std::env::current_exe().expect("own path");
-    for shape in ["bare", "extensions", "served"] {
+    for shape in ["bare", "extensions", "extensions-threads", "served"] {
         let out =
             Command::new(&me).arg(format!("--shape={shape}")).arg(cycles.to_string()).output().expect("run shape");
         print!("{}", String::from_utf8_lossy(&out.stdout));
