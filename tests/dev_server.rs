@@ -150,3 +150,47 @@ async fn requests_in_flight_during_a_reload_finish_on_the_old_version() {
     let old = in_flight.await.unwrap();
     assert_eq!((old.status, old.text.as_str()), (200, "v1"), "the request in flight finished on the old version");
 }
+
+/// A server process whose boot never finished (a module stuck at top level) used to outlive
+/// a killed `tern dev` forever: it had not yet reached its watch on the parent.
+#[tokio::test]
+async fn bug_a_booting_server_process_does_not_outlive_tern_dev() {
+    let p = Project::new("spins", &[("index.js", "for (;;) {}\nexport default {};\n")]);
+    let mut dev = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["dev", "--port", "0"])
+        .arg(p.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = dev.id();
+    let children = || -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    };
+    let mut server = None;
+    for _ in 0..500 {
+        if let Some(&child) = children().first() {
+            server = Some(child);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let server = server.expect("tern dev started a server process");
+    // Let it get stuck in the function's top-level loop, then kill tern dev outright.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    dev.kill().unwrap();
+    dev.wait().unwrap();
+    let gone = || {
+        !std::path::Path::new(&format!("/proc/{server}")).exists()
+            || std::fs::read_to_string(format!("/proc/{server}/stat")).is_ok_and(|s| s.contains(") Z "))
+    };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !gone() {
+        assert!(std::time::Instant::now() < deadline, "server process {server} outlived tern dev");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -29,6 +29,8 @@ use crate::project;
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(100);
 /// How long a new server process may take to boot its isolates.
 const BOOT_PATIENCE: Duration = Duration::from_secs(60);
+/// How long `tern dev` waits, when it is stopped, for its server to finish answering.
+const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(2);
 /// Pause before replacing a server process that died, so a crash loop cannot spin.
 const RESTART_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -111,7 +113,8 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
             }
         }
     }
-    server.drain();
+    // On the way out, give the server a moment to finish what it is answering.
+    server.stop(SHUTDOWN_PATIENCE).await;
     Ok(())
 }
 
@@ -150,12 +153,30 @@ impl ServerProcess {
         })
         .await;
         match ready {
-            Ok(Ok(true)) => Ok(Self { child }),
+            Ok(Ok(true)) => {
+                // Keep draining its standard output, so a full pipe can never block it.
+                tokio::spawn(async move {
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        println!("{line}");
+                    }
+                });
+                Ok(Self { child })
+            }
             Ok(Ok(false)) | Ok(Err(_)) => {
                 let status = child.wait().await.map_or_else(|e| e.to_string(), |s| s.to_string());
                 anyhow::bail!("the server process exited before it was ready ({status})")
             }
             Err(_) => anyhow::bail!("the server process was not ready within {BOOT_PATIENCE:?}"),
+        }
+    }
+
+    /// Tells the process to drain and waits up to `patience` for it to exit, then kills it.
+    async fn stop(mut self, patience: Duration) {
+        if let Some(pid) = self.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        if tokio::time::timeout(patience, self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
         }
     }
 

@@ -37,6 +37,13 @@ pub struct ServeOptions {
 }
 
 pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
+    // First of all, so that even a boot that never finishes cannot outlive `tern dev`: the
+    // kernel sends SIGTERM when the parent dies (checked once here for the race before it).
+    let parent = std::os::unix::process::parent_id();
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).context("cannot watch the parent process")?;
+    if parent == 1 {
+        anyhow::bail!("started without a parent process (tern dev went away)");
+    }
     let listener = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
@@ -60,7 +67,6 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
 
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let parent = std::os::unix::process::parent_id();
     let mut check = tokio::time::interval(PARENT_CHECK);
     loop {
         tokio::select! {
