@@ -49,19 +49,19 @@ impl ServeHandle {
     /// requests, and returns how many isolate threads drained in time.
     pub async fn drain(self, patience: std::time::Duration) -> usize {
         let _ = self.stop.send(true);
-        let all = futures_util_join_all(self.drained);
-        tokio::time::timeout(patience, all).await.unwrap_or(0)
+        tokio::time::timeout(patience, count_drained(self.drained)).await.unwrap_or(0)
     }
 }
 
-async fn futures_util_join_all(receivers: Vec<oneshot::Receiver<()>>) -> usize {
-    let mut done = 0;
-    for r in receivers {
-        if r.await.is_ok() {
-            done += 1;
+/// Waits for every isolate thread's serve loop to report that it drained.
+async fn count_drained(threads: Vec<oneshot::Receiver<()>>) -> usize {
+    let mut drained = 0;
+    for thread in threads {
+        if thread.await.is_ok() {
+            drained += 1;
         }
     }
-    done
+    drained
 }
 
 /// Binds `addr` and serves it on every isolate thread.

@@ -157,14 +157,6 @@ struct Entry {
 }
 
 impl InFlight {
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     fn insert(&mut self, body: Option<RequestBody>, reply: oneshot::Sender<Reply>) -> u32 {
         self.next_id = self.next_id.wrapping_add(1);
         self.entries.insert(self.next_id, Entry { body, reply: Some(reply), stream: None });
