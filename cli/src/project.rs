@@ -134,17 +134,8 @@ fn collect_packages(root: &Path, files: &mut Vec<(String, Vec<u8>)>, total: &mut
         if !seen.insert(package.clone()) {
             continue;
         }
-        let before = files.len();
+        // Takes the package's JS and JSON, its package.json included (the loader reads it).
         collect(root, &package, files, total)?;
-        let manifest = package.join("package.json");
-        if manifest.is_file()
-            && !files[before..].iter().any(|(p, _)| Path::new(p) == manifest.strip_prefix(root).unwrap_or(&manifest))
-        {
-            let bytes =
-                std::fs::read(&manifest).map_err(|source| ProjectError::Io { path: manifest.clone(), source })?;
-            let relative = manifest.strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
-            files.push((relative, bytes));
-        }
         queue.extend(dependencies(&package)?.into_iter().map(|d| (d, package.clone())));
     }
     Ok(())

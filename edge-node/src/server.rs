@@ -64,11 +64,6 @@ async fn count_drained(threads: Vec<oneshot::Receiver<()>>) -> usize {
     drained
 }
 
-/// Binds `addr` and serves it on every isolate thread.
-pub fn listen(node: &Arc<EdgeNode>, addr: SocketAddr) -> std::io::Result<ServeHandle> {
-    listen_on(node, std::net::TcpListener::bind(addr)?)
-}
-
 /// Serves an already bound listener (for example one inherited from a supervisor) on every
 /// isolate thread.
 pub fn listen_on(node: &Arc<EdgeNode>, listener: std::net::TcpListener) -> std::io::Result<ServeHandle> {

@@ -130,10 +130,6 @@ impl Inbox {
     pub async fn next(&self) -> Option<Exchange> {
         std::future::poll_fn(|cx| self.0.borrow_mut().poll_recv(cx)).await
     }
-
-    pub fn try_next(&self) -> Option<Exchange> {
-        self.0.borrow_mut().try_recv().ok()
-    }
 }
 
 /// Identifies the function an isolate runs, for logs and errors.

@@ -24,7 +24,7 @@ use crate::isolate::run_function;
 #[allow(clippy::large_enum_variant, reason = "Dispatch is the hot path: boxing it would allocate per request")]
 enum Command {
     Dispatch { bundle: Arc<Bundle>, exchange: Exchange },
-    Prepare { bundle: Arc<Bundle>, booted: Option<oneshot::Sender<()>> },
+    Prepare { bundle: Arc<Bundle>, booted: oneshot::Sender<()> },
     Spawn(ThreadTask),
 }
 
@@ -83,18 +83,12 @@ impl IsolateThreads {
         }
     }
 
-    /// Boots the isolate of `bundle` ahead of its first request (load errors are logged now).
-    pub fn prepare(&self, bundle: Arc<Bundle>) {
-        let thread = &self.threads[thread_for(bundle.name(), self.threads.len())];
-        let _ = thread.send(Command::Prepare { bundle, booted: None });
-    }
-
-    /// Like [`Self::prepare`], and resolves once the isolate is ready to serve or its
-    /// modules failed to load (which it then reports to every request).
+    /// Boots the isolate of `bundle` ahead of its first request, and resolves once it is
+    /// ready to serve or its modules failed to load (which it then reports to every request).
     pub async fn prepare_and_wait(&self, bundle: Arc<Bundle>) {
         let thread = &self.threads[thread_for(bundle.name(), self.threads.len())];
         let (booted, done) = oneshot::channel();
-        if thread.send(Command::Prepare { bundle, booted: Some(booted) }).is_ok() {
+        if thread.send(Command::Prepare { bundle, booted }).is_ok() {
             let _ = done.await;
         }
     }
@@ -131,7 +125,7 @@ fn isolate_thread(mut commands: mpsc::UnboundedReceiver<Command>, egress: Egress
         while let Some(command) = commands.recv().await {
             match command {
                 Command::Prepare { bundle, booted } => {
-                    inbox_for(&mut slots, bundle, &egress, booted);
+                    inbox_for(&mut slots, bundle, &egress, Some(booted));
                 }
                 Command::Spawn(task) => {
                     tokio::task::spawn_local(task());
