@@ -38,7 +38,7 @@ pub struct DevOptions {
     pub paths: Vec<PathBuf>,
     pub addr: IpAddr,
     pub port: u16,
-    pub isolate_threads: usize,
+    pub http_threads: usize,
     pub log_format: &'static str,
     pub ca_certs: Vec<PathBuf>,
     pub header_read_timeout: Duration,
@@ -129,8 +129,8 @@ impl ServerProcess {
         let socket = std::os::fd::OwnedFd::from(listener.try_clone()?);
         let mut command = Command::new(std::env::current_exe().context("cannot find the tern executable")?);
         command
-            .args(["--log-format", options.log_format, "serve", "--isolate-threads"])
-            .arg(options.isolate_threads.to_string())
+            .args(["--log-format", options.log_format, "serve", "--http-threads"])
+            .arg(options.http_threads.to_string())
             .args(if options.paths.len() == 1 { &["--any-host"][..] } else { &[] })
             .args(options.ca_certs.iter().flat_map(|c| [std::ffi::OsStr::new("--ca-cert"), c.as_os_str()]))
             .arg(format!("--header-read-timeout={}ms", options.header_read_timeout.as_millis()))

@@ -56,9 +56,10 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         ip: IpAddr,
-        /// Isolate threads (default: one per CPU core).
+        /// Threads serving HTTP (default: one per CPU core); every isolate has a thread of
+        /// its own besides.
         #[arg(long)]
-        isolate_threads: Option<usize>,
+        http_threads: Option<usize>,
         /// A PEM file of certificate authorities that functions' outbound HTTPS trusts,
         /// besides the Mozilla roots (repeatable), like NODE_EXTRA_CA_CERTS.
         #[arg(long = "ca-cert", value_name = "FILE")]
@@ -74,7 +75,10 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         #[arg(long, default_value_t = 1)]
-        isolate_threads: usize,
+        http_threads: usize,
+        /// Booted isolates kept waiting for functions new to the process.
+        #[arg(long, default_value_t = 1)]
+        warm_pool: usize,
         /// Serve the only project whatever the Host.
         #[arg(long)]
         any_host: bool,
@@ -122,35 +126,35 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    // The roles' own work runs on isolate threads; this runtime only watches and signals.
+    // The supervisor's runtime: it only watches files and signals. Serving roles build their own.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let log_format = match cli.log_format {
         LogFormat::Pretty => "pretty",
         LogFormat::Json => "json",
     };
     match cli.command {
-        Command::Dev { paths, port, ip, isolate_threads, ca_certs, header_read_timeout } => {
-            let isolate_threads =
-                isolate_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Command::Dev { paths, port, ip, http_threads, ca_certs, header_read_timeout } => {
+            let http_threads =
+                http_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             rt.block_on(dev::run(dev::DevOptions {
                 paths,
                 addr: ip,
                 port,
-                isolate_threads,
+                http_threads,
                 log_format,
                 ca_certs,
                 header_read_timeout,
             }))
         }
-        Command::Serve { paths, isolate_threads, any_host, ca_certs, header_read_timeout } => {
+        Command::Serve { paths, http_threads, warm_pool, any_host, ca_certs, header_read_timeout } => {
             let limits = tern_edge_node::ServerLimits { header_read_timeout, ..Default::default() };
-            rt.block_on(serve::run(serve::ServeOptions {
-                paths,
-                ca_certs,
-                isolate_threads,
-                fallback: any_host,
-                limits,
-            }))
+            // HTTP is served on this runtime's threads; isolates run on threads of their own.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(http_threads.max(1))
+                .thread_name("tern-http")
+                .enable_all()
+                .build()?;
+            rt.block_on(serve::run(serve::ServeOptions { paths, ca_certs, warm_pool, fallback: any_host, limits }))
         }
     }
 }

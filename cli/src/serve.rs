@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tern_edge_node::{EdgeNode, ErrorDetail, RouteTable, ServerLimits};
 use tern_js_api::egress::{Egress, TrustedRoots};
-use tern_runtime::IsolateThreads;
+use tern_runtime::{IsolateConfig, Isolates};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::project;
@@ -30,7 +30,8 @@ pub struct ServeOptions {
     pub paths: Vec<PathBuf>,
     /// PEM files of certificate authorities trusted by outbound HTTPS, besides Mozilla's.
     pub ca_certs: Vec<PathBuf>,
-    pub isolate_threads: usize,
+    /// Booted isolates kept waiting for functions new to the process.
+    pub warm_pool: usize,
     /// Serve the only project whatever the Host.
     pub fallback: bool,
     pub limits: ServerLimits,
@@ -56,7 +57,7 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     let fallback = options.fallback.then(|| bundles[0].name().to_string());
     let egress = Egress { roots: trusted_roots(&options.ca_certs)?, ..Egress::default() };
     let node = Arc::new(EdgeNode::new(
-        IsolateThreads::start(options.isolate_threads, egress)?,
+        Isolates::start(IsolateConfig { egress, warm_pool: options.warm_pool, ..IsolateConfig::default() })?,
         ErrorDetail::Expose,
         options.limits,
     ));

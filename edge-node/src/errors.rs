@@ -14,6 +14,8 @@ pub enum NodeError {
     NoRoute { host: String },
     /// The function ran and failed.
     Function { function: String, failure: Failure },
+    /// The request body is larger than the function's `limits.request_body_mib`.
+    RequestBodyTooLarge { function: String, limit: u64 },
 }
 
 /// Whether failure details (stacks, compile errors) go into response bodies: yes for
@@ -33,7 +35,12 @@ impl NodeError {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
                 FailureKind::IsolateFailed => StatusCode::BAD_GATEWAY,
+                FailureKind::CpuLimitExceeded
+                | FailureKind::MemoryLimitExceeded
+                | FailureKind::StartupLimitExceeded
+                | FailureKind::WallTimeExceeded => StatusCode::SERVICE_UNAVAILABLE,
             },
+            Self::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -41,19 +48,32 @@ impl NodeError {
         match self {
             Self::NoRoute { .. } => "no_route",
             Self::Function { failure, .. } => failure.kind.code(),
+            Self::RequestBodyTooLarge { .. } => "request_body_too_large",
         }
     }
 
     fn message(&self, detail: ErrorDetail) -> String {
         match self {
             Self::NoRoute { host } => format!("no function serves host {host:?}\n"),
+            Self::RequestBodyTooLarge { function, limit } => format!(
+                "the request body is larger than function {function:?} accepts ({} MiB, limits.request_body_mib)\n",
+                limit / (1024 * 1024)
+            ),
             Self::Function { function, failure } => {
                 let what = match failure.kind {
                     FailureKind::UncaughtException => "threw an uncaught exception",
                     FailureKind::InvalidResponse => "did not return a Response",
                     FailureKind::LoadFailed => "failed to load",
                     FailureKind::IsolateFailed => "stopped before it answered",
+                    FailureKind::CpuLimitExceeded => "exceeded its CPU time limit",
+                    FailureKind::MemoryLimitExceeded => "exceeded its memory limit",
+                    FailureKind::StartupLimitExceeded => "exceeded its startup CPU limit",
+                    FailureKind::WallTimeExceeded => "exceeded its wall time limit",
                 };
+                if is_limit(failure.kind) {
+                    // Which limit and its value are the user's own configuration: always said.
+                    return format!("function {function:?} {what}: {}\n", failure.detail);
+                }
                 match detail {
                     ErrorDetail::Expose => format!("function {function:?} {what}:\n{}\n", failure.detail),
                     ErrorDetail::Hide => format!("function {function:?} {what}; the details are in the node's log\n"),
@@ -62,6 +82,7 @@ impl NodeError {
         }
     }
 
+    /// The request id the response will carry is added by the server.
     pub fn into_response(self, detail: ErrorDetail) -> Response<Bytes> {
         let mut response = Response::new(Bytes::from(self.message(detail)));
         *response.status_mut() = self.status();
@@ -70,6 +91,16 @@ impl NodeError {
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         response
     }
+}
+
+fn is_limit(kind: FailureKind) -> bool {
+    matches!(
+        kind,
+        FailureKind::CpuLimitExceeded
+            | FailureKind::MemoryLimitExceeded
+            | FailureKind::StartupLimitExceeded
+            | FailureKind::WallTimeExceeded
+    )
 }
 
 #[cfg(test)]
@@ -88,12 +119,18 @@ mod tests {
             (f(FailureKind::InvalidResponse), 500, "invalid_response"),
             (f(FailureKind::LoadFailed), 500, "load_failed"),
             (f(FailureKind::IsolateFailed), 502, "isolate_failed"),
+            (f(FailureKind::CpuLimitExceeded), 503, "cpu_limit_exceeded"),
+            (f(FailureKind::MemoryLimitExceeded), 503, "memory_limit_exceeded"),
+            (f(FailureKind::StartupLimitExceeded), 503, "startup_limit_exceeded"),
+            (f(FailureKind::WallTimeExceeded), 503, "wall_time_exceeded"),
+            (NodeError::RequestBodyTooLarge { function: "f".into(), limit: 1 << 20 }, 413, "request_body_too_large"),
         ];
         for (error, status, code) in cases {
             let response = error.into_response(ErrorDetail::Hide);
             assert_eq!(response.status().as_u16(), status);
             assert_eq!(response.headers()[TERN_ERROR], code);
-            assert!(!String::from_utf8_lossy(response.body()).contains("a.js:1:2"), "details stay in the log");
+            let body = String::from_utf8_lossy(response.body()).to_string();
+            assert!(!body.contains("a.js:1:2") || code.ends_with("_exceeded"), "details stay in the log: {body}");
         }
     }
 

@@ -7,6 +7,7 @@
 //! read projects from disk (that is the CLI).
 
 pub mod errors;
+pub mod guard;
 pub mod limits;
 pub mod node;
 pub mod routing;

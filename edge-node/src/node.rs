@@ -1,10 +1,13 @@
 //! The edge node's state: its current route table (swapped whole, atomically) and its
-//! isolate threads.
+//! isolates, and the request ids it hands out.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
-use tern_runtime::IsolateThreads;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tern_js_api::exchange::RequestId;
+use tern_runtime::Isolates;
 
 use crate::errors::ErrorDetail;
 use crate::limits::ServerLimits;
@@ -12,17 +15,19 @@ use crate::routing::RouteTable;
 
 pub struct EdgeNode {
     routes: RwLock<Arc<RouteTable>>,
-    isolates: IsolateThreads,
+    isolates: Isolates,
+    next_request: AtomicU64,
     error_detail: ErrorDetail,
     limits: ServerLimits,
     local_addr: RwLock<Option<SocketAddr>>,
 }
 
 impl EdgeNode {
-    pub fn new(isolates: IsolateThreads, error_detail: ErrorDetail, limits: ServerLimits) -> Self {
+    pub fn new(isolates: Isolates, error_detail: ErrorDetail, limits: ServerLimits) -> Self {
         Self {
             routes: RwLock::new(Arc::new(RouteTable::default())),
             isolates,
+            next_request: AtomicU64::new(request_id_base()),
             error_detail,
             limits,
             local_addr: RwLock::new(None),
@@ -48,8 +53,13 @@ impl EdgeNode {
         self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn isolates(&self) -> &IsolateThreads {
+    pub fn isolates(&self) -> &Isolates {
         &self.isolates
+    }
+
+    /// A fresh id for a request arriving now.
+    pub fn next_request_id(&self) -> RequestId {
+        RequestId(self.next_request.fetch_add(1, Ordering::Relaxed))
     }
 
     pub fn error_detail(&self) -> ErrorDetail {
@@ -64,4 +74,11 @@ impl EdgeNode {
     pub fn local_authority(&self) -> String {
         self.local_addr.read().unwrap_or_else(|p| p.into_inner()).map_or_else(|| "localhost".into(), |a| a.to_string())
     }
+}
+
+/// Request ids count up from a base drawn from the clock at start, so that ids of one node
+/// do not repeat across its restarts: seconds since the epoch in the high 32 bits.
+fn request_id_base() -> u64 {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    (secs & 0xffff_ffff) << 32
 }

@@ -1,10 +1,8 @@
 //! HTTP serving: HTTP/1.1 and HTTP/2 cleartext (h2c, prior knowledge) on one port, through
-//! hyper. Each request is routed to a function and handed to the isolate threads; the
-//! response streams back as the function produces it.
-//!
-//! Connections are accepted and served on the isolate threads themselves (each accepts from
-//! a clone of one listening socket), so a request whose function lives on the accepting
-//! thread never crosses threads: on one core, no context switch per request.
+//! hyper, on the tokio runtime of the caller. Each request is routed to a function and
+//! handed to its isolate; the response streams back as the function produces it, under the
+//! function's wall time and body limits ([`crate::guard`]). Every response carries
+//! `tern-request-id`, which also names the request in kill records.
 //!
 //! [`ServeHandle::drain`] stops accepting and lets every connection finish its in-flight
 //! requests: HTTP/1.1 connections close after their current response, HTTP/2 ones get
@@ -21,11 +19,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tern_js_api::exchange::{BoxError, Exchange, Failure, FailureKind, Reply};
+use tern_js_api::exchange::{BoxError, Exchange, Failure, FailureKind, Reply, RequestId};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::errors::NodeError;
+use crate::guard::{BodyCut, GuardedBody};
 use crate::limits::ServerLimits;
 use crate::node::EdgeNode;
 use crate::routing::normalize_host;
@@ -37,58 +36,35 @@ pub type NodeBody = BoxBody<Bytes, BoxError>;
 /// request by then, and hyper would otherwise close such a connection unread.
 pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Serving on every isolate thread; dropping it does not stop serving, [`Self::drain`] does.
+/// Serving; dropping it does not stop serving, [`Self::drain`] does.
 pub struct ServeHandle {
     pub local_addr: SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
-    drained: Vec<oneshot::Receiver<()>>,
+    drained: oneshot::Receiver<()>,
 }
 
 impl ServeHandle {
-    /// Stops accepting, waits up to `patience` for open connections to finish their
-    /// requests, and returns how many isolate threads drained in time.
-    pub async fn drain(self, patience: std::time::Duration) -> usize {
+    /// Stops accepting and waits up to `patience` for open connections to finish their
+    /// requests; says whether they did.
+    pub async fn drain(self, patience: std::time::Duration) -> bool {
         let _ = self.stop.send(true);
-        tokio::time::timeout(patience, count_drained(self.drained)).await.unwrap_or(0)
+        matches!(tokio::time::timeout(patience, self.drained).await, Ok(Ok(())))
     }
 }
 
-/// Waits for every isolate thread's serve loop to report that it drained.
-async fn count_drained(threads: Vec<oneshot::Receiver<()>>) -> usize {
-    let mut drained = 0;
-    for thread in threads {
-        if thread.await.is_ok() {
-            drained += 1;
-        }
-    }
-    drained
-}
-
-/// Serves an already bound listener (for example one inherited from a supervisor) on every
-/// isolate thread.
+/// Serves an already bound listener (for example one inherited from a supervisor) on the
+/// current tokio runtime.
 pub fn listen_on(node: &Arc<EdgeNode>, listener: std::net::TcpListener) -> std::io::Result<ServeHandle> {
     listener.set_nonblocking(true)?;
     let local_addr = listener.local_addr()?;
     node.set_local_addr(local_addr);
+    let listener = TcpListener::from_std(listener)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let (done_senders, drained): (Vec<_>, Vec<_>) = (0..node.isolates().len()).map(|_| oneshot::channel()).unzip();
-    let done_senders = std::sync::Mutex::new(done_senders.into_iter().map(Some).collect::<Vec<_>>());
-    let listener = std::sync::Mutex::new(listener);
-    let shared = node.clone();
-    node.isolates().spawn_on_each(move |index| {
-        let clone = listener.lock().unwrap_or_else(|p| p.into_inner()).try_clone();
-        let done = done_senders.lock().unwrap_or_else(|p| p.into_inner())[index].take();
-        let node = shared.clone();
-        let stopped = stopped.clone();
-        Box::pin(async move {
-            match clone.and_then(TcpListener::from_std) {
-                Ok(listener) => serve(node, listener, stopped).await,
-                Err(e) => tracing::error!("isolate thread {index} cannot accept connections: {e}"),
-            }
-            if let Some(done) = done {
-                let _ = done.send(());
-            }
-        })
+    let (done, drained) = oneshot::channel();
+    let node = node.clone();
+    tokio::spawn(async move {
+        serve(node, listener, stopped).await;
+        let _ = done.send(());
     });
     Ok(ServeHandle { local_addr, stop, drained })
 }
@@ -150,6 +126,18 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
 }
 
 async fn handle(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr) -> Response<NodeBody> {
+    let id = node.next_request_id();
+    let mut response = exchange(node, req, remote, id).await;
+    if let Ok(value) = http::HeaderValue::from_str(&id.to_string()) {
+        response.headers_mut().insert(TERN_REQUEST_ID, value);
+    }
+    response
+}
+
+/// Response header naming the request, as kill records and logs name it.
+pub const TERN_REQUEST_ID: &str = "tern-request-id";
+
+async fn exchange(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr, id: RequestId) -> Response<NodeBody> {
     let authority = req
         .uri()
         .authority()
@@ -163,13 +151,64 @@ async fn handle(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr) -> 
     let authority = if authority.is_empty() { node.local_authority() } else { authority };
     let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let url = format!("http://{authority}{path_and_query}");
-    let (reply, answer) = oneshot::channel();
-    let request = req.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+    let limits = bundle.manifest.limits;
     let function = bundle.name().to_string();
+    let declared = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.request_body_bytes) {
+        return error(node, NodeError::RequestBodyTooLarge { function, limit: limits.request_body_bytes });
+    }
+    let deadline = tokio::time::Instant::now() + limits.wall_per_request;
+    let (reply, answer) = oneshot::channel();
+    let max_body = usize::try_from(limits.request_body_bytes).unwrap_or(usize::MAX);
+    let request = req.map(|body| {
+        http_body_util::Limited::new(body, max_body)
+            .map_err(move |e| match e.downcast::<http_body_util::LengthLimitError>() {
+                Ok(_) => format!(
+                    "the request body is larger than this function accepts ({max_body} bytes, limits.request_body_mib)"
+                )
+                .into(),
+                Err(e) => e,
+            })
+            .boxed_unsync()
+    });
     tracing::trace!(%remote, %function, %url, "dispatch");
-    node.isolates().dispatch(bundle, Exchange { request, url, reply });
-    match answer.await {
-        Ok(Reply::Response(response)) => response.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()),
+    let version = bundle.id().short();
+    node.isolates().dispatch(bundle, Exchange { id, request, url, reply });
+    let answer = match tokio::time::timeout_at(deadline, answer).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            let failure = Failure {
+                kind: FailureKind::WallTimeExceeded,
+                detail: format!(
+                    "the function did not answer within its wall time limit of {} ms",
+                    limits.wall_per_request.as_millis()
+                ),
+            };
+            record_wall_time_kill(node, &function, &version, id, "no response head");
+            return error(node, NodeError::Function { function, failure });
+        }
+    };
+    match answer {
+        Ok(Reply::Response(response)) => {
+            let isolates = node.isolates().clone();
+            let on_cut = Box::new(move |cut: &BodyCut| {
+                tracing::warn!(target: "tern::kill", function = %function, version = %version, request = %id,
+                    limit = cut.code(), "response cut: {cut}");
+                if matches!(cut, BodyCut::WallTime(_)) {
+                    isolates.stats().count_kill(FailureKind::WallTimeExceeded);
+                }
+            });
+            response.map(|b| {
+                GuardedBody::new(
+                    b.map_err(|e| Box::new(e) as BoxError),
+                    deadline,
+                    limits.wall_per_request.as_millis(),
+                    limits.response_body_bytes,
+                    on_cut,
+                )
+                .boxed()
+            })
+        }
         Ok(Reply::Failed(failure)) => error(node, NodeError::Function { function, failure }),
         Err(_) => {
             let failure =
@@ -177,6 +216,12 @@ async fn handle(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr) -> 
             error(node, NodeError::Function { function, failure })
         }
     }
+}
+
+fn record_wall_time_kill(node: &EdgeNode, function: &str, version: &str, id: RequestId, what: &str) {
+    tracing::warn!(target: "tern::kill", function, version, request = %id, limit = "wall_time_exceeded",
+        "function killed: wall_time_exceeded ({what})");
+    node.isolates().stats().count_kill(FailureKind::WallTimeExceeded);
 }
 
 fn error(node: &EdgeNode, e: NodeError) -> Response<NodeBody> {

@@ -114,6 +114,8 @@ export function installHandlerProtocol({ streams, request, response, body, repor
   }
 
   function errorText(e) {
+    // Out of heap: building a stack trace would need the memory that is not there.
+    if (e && typeof e === "object" && e.message === "out of memory") return "InternalError: out of memory";
     return e && typeof e === "object" && "stack" in e ? String(e.stack) : String(e);
   }
 

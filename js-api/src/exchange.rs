@@ -30,10 +30,22 @@ const RESPONSE_CHANNEL_CHUNKS: usize = 8;
 
 /// One request on its way into a function, and the slot its answer goes into.
 pub struct Exchange {
+    /// Names the request in responses (`tern-request-id`) and in kill records.
+    pub id: RequestId,
     pub request: http::Request<RequestBody>,
     /// The absolute URL the function sees as `request.url`.
     pub url: String,
     pub reply: oneshot::Sender<Reply>,
+}
+
+/// A request's identity on this node, printed as 16 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(pub u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
 }
 
 /// What a function answered.
@@ -59,6 +71,14 @@ pub enum FailureKind {
     LoadFailed,
     /// The isolate stopped before it answered (fatal engine error).
     IsolateFailed,
+    /// The request used more CPU time than `limits.cpu_ms`.
+    CpuLimitExceeded,
+    /// The isolate's heap and ArrayBuffers outgrew `limits.memory_mib`.
+    MemoryLimitExceeded,
+    /// Evaluating the modules used more CPU time than `limits.startup_cpu_ms`.
+    StartupLimitExceeded,
+    /// The request took longer than `limits.wall_ms`.
+    WallTimeExceeded,
 }
 
 impl FailureKind {
@@ -69,6 +89,10 @@ impl FailureKind {
             Self::InvalidResponse => "invalid_response",
             Self::LoadFailed => "load_failed",
             Self::IsolateFailed => "isolate_failed",
+            Self::CpuLimitExceeded => "cpu_limit_exceeded",
+            Self::MemoryLimitExceeded => "memory_limit_exceeded",
+            Self::StartupLimitExceeded => "startup_limit_exceeded",
+            Self::WallTimeExceeded => "wall_time_exceeded",
         }
     }
 
@@ -116,8 +140,9 @@ impl Body for ResponseBody {
     }
 }
 
-/// The isolate's queue of incoming exchanges. Shared (`Rc`) so that the host can hand the
-/// same queue to a replacement isolate if one dies.
+/// The isolate's queue of incoming exchanges. Shared (`Rc`) between the host and the
+/// isolate's state; once the isolate is dropped, [`Inbox::into_receiver`] takes the queue
+/// back so that a replacement isolate serves what is still queued.
 #[derive(Clone)]
 pub struct Inbox(Rc<RefCell<mpsc::UnboundedReceiver<Exchange>>>);
 
@@ -130,6 +155,11 @@ impl Inbox {
     pub async fn next(&self) -> Option<Exchange> {
         std::future::poll_fn(|cx| self.0.borrow_mut().poll_recv(cx)).await
     }
+
+    /// The queue itself, to hand to a replacement isolate; `None` while another clone lives.
+    pub fn into_receiver(self) -> Option<mpsc::UnboundedReceiver<Exchange>> {
+        Rc::try_unwrap(self.0).ok().map(RefCell::into_inner)
+    }
 }
 
 /// Identifies the function an isolate runs, for logs and errors.
@@ -139,7 +169,7 @@ pub struct FunctionIdentity {
     pub version: String,
 }
 
-/// Exchanges taken by the isolate and not yet finished.
+/// Exchanges taken by the isolate and not yet finished, with the CPU time charged to each.
 #[derive(Default)]
 pub struct InFlight {
     next_id: u32,
@@ -147,16 +177,58 @@ pub struct InFlight {
 }
 
 struct Entry {
+    request: RequestId,
+    /// CPU time of the isolate charged to this request so far.
+    cpu: std::time::Duration,
     body: Option<RequestBody>,
     reply: Option<oneshot::Sender<Reply>>,
     stream: Option<mpsc::Sender<Result<Bytes, StreamAborted>>>,
 }
 
 impl InFlight {
-    fn insert(&mut self, body: Option<RequestBody>, reply: oneshot::Sender<Reply>) -> u32 {
+    fn insert(&mut self, request: RequestId, body: Option<RequestBody>, reply: oneshot::Sender<Reply>) -> u32 {
         self.next_id = self.next_id.wrapping_add(1);
-        self.entries.insert(self.next_id, Entry { body, reply: Some(reply), stream: None });
+        let entry = Entry { request, cpu: std::time::Duration::ZERO, body, reply: Some(reply), stream: None };
+        self.entries.insert(self.next_id, entry);
         self.next_id
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The most CPU time charged to any request in flight.
+    pub fn max_charged(&self) -> std::time::Duration {
+        self.entries.values().map(|e| e.cpu).max().unwrap_or_default()
+    }
+
+    /// Charges `cpu` to every request in flight, in equal parts.
+    pub fn charge(&mut self, cpu: std::time::Duration) {
+        let n = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+        if n == 0 {
+            return;
+        }
+        let share = cpu / n;
+        self.entries.values_mut().for_each(|e| e.cpu += share);
+    }
+
+    /// The requests in flight.
+    pub fn requests(&self) -> Vec<RequestId> {
+        self.entries.values().map(|e| e.request).collect()
+    }
+
+    /// Forgets requests nobody waits for any more: the client left, or the host gave up on
+    /// them (wall time). The function's later calls for them fail quietly.
+    pub fn forget_abandoned(&mut self) {
+        self.entries.retain(|_, e| match (&e.reply, &e.stream) {
+            (Some(reply), _) => !reply.is_closed(),
+            (None, Some(stream)) => !stream.is_closed(),
+            (None, None) => true,
+        });
     }
 
     /// Fails every exchange still open: used when the isolate dies under them.
@@ -237,7 +309,7 @@ pub async fn op_tern_next_request(
     let has_body = !body.is_end_stream() && !matches!(parts.method, http::Method::GET | http::Method::HEAD);
     let headers =
         parts.headers.iter().map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_bytes()))).collect();
-    let id = state.borrow_mut().borrow_mut::<InFlight>().insert(has_body.then_some(body), exchange.reply);
+    let id = state.borrow_mut().borrow_mut::<InFlight>().insert(exchange.id, has_body.then_some(body), exchange.reply);
     Some((id, parts.method.to_string(), exchange.url, headers, has_body))
 }
 
@@ -330,6 +402,14 @@ pub fn op_tern_body_close(state: &mut OpState, id: u32) {
     state.borrow_mut::<InFlight>().entries.remove(&id);
 }
 
+/// Put in the isolate's state when JS ran out of heap; the host then ends the isolate.
+pub struct HeapExhausted;
+
+/// Whether a JS error text is the engine refusing an allocation at the heap limit.
+pub fn is_out_of_memory(text: &str) -> bool {
+    text.contains("InternalError: out of memory") || text.contains("RangeError: Array buffer allocation failed")
+}
+
 /// Ends an exchange with a failure: before the head, the host answers with the failure;
 /// after it, the stream is aborted.
 #[op2(fast)]
@@ -337,7 +417,13 @@ pub fn op_tern_fail(state: &mut OpState, id: u32, #[string] kind: &str, #[string
     let Some(mut entry) = state.borrow_mut::<InFlight>().entries.remove(&id) else {
         return;
     };
-    let failure = Failure { kind: FailureKind::from_code(kind), detail: detail.replace(crate::MODULE_ROOT, "") };
+    let mut failure = Failure { kind: FailureKind::from_code(kind), detail: detail.replace(crate::MODULE_ROOT, "") };
+    if is_out_of_memory(&failure.detail) {
+        // The engine refused an allocation at the heap limit: that is the memory limit, and
+        // the isolate is done for (the host sees the marker after this turn).
+        failure.kind = FailureKind::MemoryLimitExceeded;
+        state.put(HeapExhausted);
+    }
     let function = state.borrow::<FunctionIdentity>();
     tracing::error!(
         target: "tern::function",

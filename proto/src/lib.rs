@@ -7,9 +7,11 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod limits;
 pub mod manifest;
 pub mod route;
 
 pub use bundle::{Bundle, BundleError, BundleId, Module, ModuleKind, ModulePath};
+pub use limits::Limits;
 pub use manifest::{Manifest, ManifestError};
 pub use route::{RoutePattern, RoutePatternError};

@@ -5,8 +5,11 @@
 //! main = "src/index.js"               # required: the entry module, relative to the project
 //! compatibility_date = "2026-11-01"   # optional, YYYY-MM-DD
 //! routes = ["api.example.com/v1/*"]   # optional: see `route`
+//! allow_eval = false                  # optional: true lets `eval`/`new Function` compile strings
 //! [vars]                              # optional: reach the function as `env.KEY`
 //! GREETING = "hi"                     # strings stay strings; other TOML values become JSON
+//! [limits]                            # optional: see `limits`
+//! cpu_ms = 50
 //! ```
 //! Unknown keys are refused (a typo should not silently do nothing); errors carry the line.
 
@@ -14,6 +17,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{LimitError, Limits, RawLimits};
 use crate::route::{RoutePattern, RoutePatternError};
 
 /// A validated manifest.
@@ -25,6 +29,10 @@ pub struct Manifest {
     #[serde(serialize_with = "serialize_routes")]
     pub routes: Vec<RoutePattern>,
     pub vars: BTreeMap<String, serde_json::Value>,
+    pub limits: Limits,
+    /// Code generation from strings (`eval`, `new Function`) is refused unless this is set,
+    /// as on Workers.
+    pub allow_eval: bool,
 }
 
 #[derive(Deserialize)]
@@ -37,6 +45,10 @@ struct RawManifest {
     routes: Vec<String>,
     #[serde(default)]
     vars: toml::Table,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    allow_eval: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,13 +65,18 @@ pub enum ManifestError {
     BadRoute(#[from] RoutePatternError),
     #[error("tern.toml: [vars] {0}: {1}")]
     BadVar(String, String),
+    #[error(transparent)]
+    BadLimit(#[from] LimitError),
 }
 
 impl Manifest {
     /// Parses and validates `tern.toml` text.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
         let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Toml(one_line(&e)))?;
-        Self::from_parts(raw.name, raw.main, raw.compatibility_date, &raw.routes, raw.vars)
+        let mut manifest = Self::from_parts(raw.name, raw.main, raw.compatibility_date, &raw.routes, raw.vars)?;
+        manifest.limits = raw.limits.resolve()?;
+        manifest.allow_eval = raw.allow_eval;
+        Ok(manifest)
     }
 
     /// A manifest for a single-file function (no `tern.toml`): name from the file stem.
@@ -94,7 +111,7 @@ impl Manifest {
                 Ok((k, json))
             })
             .collect::<Result<_, ManifestError>>()?;
-        Ok(Self { name, main, compatibility_date, routes, vars })
+        Ok(Self { name, main, compatibility_date, routes, vars, limits: Limits::default(), allow_eval: false })
     }
 }
 
@@ -150,6 +167,19 @@ mod tests {
         assert_eq!(m.routes[0].as_str(), "api.example.com/v1/*");
         assert_eq!(m.vars["GREETING"], serde_json::json!("hi"));
         assert_eq!(m.vars["RETRIES"], serde_json::json!(3));
+    }
+
+    #[test]
+    fn limits_and_allow_eval_parse_and_default() {
+        let m = Manifest::parse("name = \"a\"\nmain = \"a.js\"\nallow_eval = true\n[limits]\ncpu_ms = 10\n").unwrap();
+        assert!(m.allow_eval);
+        assert_eq!(m.limits.cpu_per_request, std::time::Duration::from_millis(10));
+        assert_eq!(m.limits.memory_bytes, Limits::default().memory_bytes);
+        let m = Manifest::parse("name = \"a\"\nmain = \"a.js\"\n").unwrap();
+        assert!(!m.allow_eval);
+        assert_eq!(m.limits, Limits::default());
+        let e = Manifest::parse("name = \"a\"\nmain = \"a.js\"\n[limits]\ncpu = 10\n").unwrap_err();
+        assert!(e.to_string().contains("cpu"), "{e}");
     }
 
     #[test]

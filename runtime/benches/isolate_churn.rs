@@ -6,7 +6,7 @@
 //! Four shapes, each in a fresh process (the leak is per process): a bare deno_core
 //! `JsRuntime` (the engine alone), one with Tern's extensions (the Web API crates and our
 //! bootstrap), the same with each isolate on a fresh OS thread, and a function version
-//! served and replaced through `IsolateThreads` (what the edge node does). Prints RSS growth per cycle against PERFORMANCE.md's churn budget
+//! served and replaced through `Isolates` (what the edge node does: an isolate per thread, a warm pool). Prints RSS growth per cycle against PERFORMANCE.md's churn budget
 //! (RSS growth under 1 MiB per 1,000 cycles).
 #![allow(clippy::print_stdout)]
 
@@ -16,9 +16,9 @@ use std::sync::Arc;
 use deno_core::{JsRuntime, RuntimeOptions};
 use http_body_util::BodyExt;
 use tern_js_api::egress::Egress;
-use tern_js_api::exchange::{Exchange, Reply};
+use tern_js_api::exchange::{Exchange, Reply, RequestId};
 use tern_proto::{Bundle, Manifest};
-use tern_runtime::IsolateThreads;
+use tern_runtime::{IsolateConfig, Isolates};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -99,7 +99,7 @@ fn with_extensions_fresh_thread(cycles: usize) {
 }
 
 fn served_versions(cycles: usize) {
-    let threads = IsolateThreads::start(1, Egress::default()).expect("isolate thread");
+    let isolates = Isolates::start(IsolateConfig::default()).expect("isolates");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     measure("function version replaced", cycles, |i| {
         let manifest = Manifest::for_single_file("churn", "index.js").map_err(|e| e.to_string())?;
@@ -109,7 +109,8 @@ fn served_versions(cycles: usize) {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let body = http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync();
         let request = http::Request::new(body);
-        threads.dispatch(Arc::new(bundle), Exchange { request, url: "http://churn/".into(), reply });
+        let exchange = Exchange { id: RequestId(i as u64), request, url: "http://churn/".into(), reply };
+        isolates.dispatch(Arc::new(bundle), exchange);
         match rt.block_on(answer) {
             Ok(Reply::Response(_)) => Ok(()),
             Ok(Reply::Failed(f)) => Err(f.detail),

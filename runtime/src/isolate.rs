@@ -1,27 +1,41 @@
-//! One isolate running one version of one function: boot, module load and evaluation, and
-//! the serve loop that feeds it requests from its [`Inbox`].
+//! One isolate, on its own OS thread: booted ahead of need ([`WarmIsolate::boot`]), then
+//! bound to one version of one function ([`WarmIsolate::run`]), which evaluates its modules
+//! and serves requests from its inbox under the function's limits.
 //!
-//! [`run_function`] owns the lifecycle. A version whose modules fail to load answers every
-//! request with `load_failed` (the compile error with file and line) without booting again,
-//! since versions are immutable. An isolate whose event loop dies is replaced by a fresh one
-//! on the same inbox; the requests it held fail with `isolate_failed`.
+//! Every stretch of JS runs metered ([`crate::meter`]): module evaluation against
+//! `startup_cpu`, the event loop against `cpu_per_request`. A breach terminates the isolate;
+//! its in-flight requests fail with the limit's `tern-error`, one structured kill record is
+//! written (target `tern::kill`), and the inbox goes back to the pool so that a fresh
+//! isolate serves what is queued. A version whose modules fail to load (or breach the
+//! startup limit) answers every request with that failure, without booting again, since
+//! versions are immutable.
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use deno_core::error::CoreErrorKind;
 use deno_core::{JsRuntime, PollEventLoopOptions, RuntimeOptions, v8};
 use tern_js_api::egress::Egress;
-use tern_js_api::exchange::{Failure, FailureKind, FunctionIdentity, InFlight, Inbox, Reply};
+use tern_js_api::exchange::{
+    Exchange, Failure, FailureKind, FunctionIdentity, HeapExhausted, InFlight, Inbox, Reply, RequestId,
+    is_out_of_memory,
+};
 use tern_js_api::{FunctionEnv, ModuleBytes, ServeEntry};
-use tern_proto::{Bundle, ModulePath};
+use tern_proto::{Bundle, Limits, ModulePath};
+use tokio::sync::mpsc;
 
 use crate::loader::{BundleModuleLoader, display_specifier};
+use crate::memory::MemoryMeter;
+use crate::meter::{Allowance, BACKGROUND_PERIOD, Breach, CpuClock, Tripwire};
+use crate::stats::RuntimeStats;
+use crate::watchdog;
 
-/// Pause before booting a replacement after an isolate died, so a function that kills its
-/// isolate on every request cannot spin a thread.
-const REBOOT_BACKOFF: Duration = Duration::from_millis(50);
+/// The engine heap is sampled (an O(heap) walk on this engine) after a stretch of JS that
+/// used at least this much CPU, and otherwise every [`HEAP_SAMPLE_EVERY`] stretches.
+const HEAP_SAMPLE_AFTER: Duration = Duration::from_millis(1);
+const HEAP_SAMPLE_EVERY: u32 = 256;
 
 struct BundleFiles(Arc<Bundle>);
 
@@ -32,45 +46,358 @@ impl ModuleBytes for BundleFiles {
     }
 }
 
-/// Serves `bundle` from `inbox` until the inbox closes and the isolate has finished its work.
-/// `booted` is told once the first isolate is ready or its modules failed to load.
-pub async fn run_function(
-    bundle: Arc<Bundle>,
-    inbox: Inbox,
-    egress: Egress,
-    mut booted: Option<tokio::sync::oneshot::Sender<()>>,
-) {
-    let identity = FunctionIdentity { name: bundle.name().to_string(), version: bundle.id().short() };
-    loop {
+/// How an isolate's service ended.
+pub enum Ending {
+    /// The inbox closed (a newer version took over) and the work in hand is done.
+    Finished,
+    /// The isolate was killed or died; what is still queued needs a fresh isolate.
+    Died(mpsc::UnboundedReceiver<Exchange>),
+}
+
+/// A booted isolate that has run no function code yet.
+pub struct WarmIsolate {
+    js: JsRuntime,
+    loader: Rc<BundleModuleLoader>,
+    tripwire: Arc<Tripwire>,
+    memory: Arc<MemoryMeter>,
+}
+
+impl WarmIsolate {
+    /// Boots an isolate (deno_core plus the Web API extensions) on the calling thread, with
+    /// `memory_limit` bytes for its heap and ArrayBuffers.
+    pub fn boot(egress: &Egress, memory_limit: u64) -> Result<Self, String> {
+        let memory = MemoryMeter::new(usize::try_from(memory_limit).unwrap_or(usize::MAX));
+        let loader = Rc::new(BundleModuleLoader::default());
+        let mut js = JsRuntime::try_new(RuntimeOptions {
+            extensions: tern_js_api::extensions(egress),
+            module_loader: Some(loader.clone()),
+            create_params: Some(memory.create_params()),
+            ..Default::default()
+        })
+        .map_err(|e| format!("could not create an isolate: {e}"))?;
+        let tripwire = Arc::new(Tripwire::new(CpuClock::of_current_thread(), js.v8_isolate().thread_safe_handle()));
+        memory.set_tripwire(tripwire.clone());
+        let on_heap_limit = tripwire.clone();
+        js.add_near_heap_limit_callback(move |current, _initial| {
+            on_heap_limit.trip(Breach::Memory);
+            current
+        });
+        watchdog::watch(&tripwire);
+        Ok(Self { js, loader, tripwire, memory })
+    }
+
+    pub fn memory_limit(&self) -> u64 {
+        self.memory.limit() as u64
+    }
+
+    /// Runs `bundle` in this isolate: evaluates its modules, then serves `inbox` until it
+    /// closes or the isolate dies. `booted` is told once the function is ready to serve or
+    /// has failed to load.
+    pub async fn run(
+        self,
+        bundle: Arc<Bundle>,
+        inbox: mpsc::UnboundedReceiver<Exchange>,
+        booted: Option<tokio::sync::oneshot::Sender<()>>,
+        stats: &RuntimeStats,
+    ) -> Ending {
+        let identity = FunctionIdentity { name: bundle.name().to_string(), version: bundle.id().short() };
+        let limits = bundle.manifest.limits;
+        let inbox = Inbox::new(inbox);
+        let Self { mut js, loader, tripwire, memory } = self;
+        let mut function = Function { identity, limits, tripwire, memory, stats, startup_used: Duration::ZERO };
         let started = Instant::now();
-        let result = boot(&bundle, &inbox, &identity, &egress).await;
-        if let Some(booted) = booted.take() {
+        let loaded = function.load(&mut js, &loader, &bundle, &inbox).await;
+        if let Some(booted) = booted {
             let _ = booted.send(());
         }
-        let mut js = match result {
-            Ok(js) => js,
-            Err(failure) => {
-                tracing::error!(target: "tern::function", function = %identity.name, version = %identity.version,
+        if let Err(failure) = loaded {
+            let f = &function.identity;
+            if is_kill(failure.kind) {
+                function.record_kill(&mut js, failure.kind, function.startup_used, &[]);
+            } else {
+                tracing::error!(target: "tern::function", function = %f.name, version = %f.version,
                     tern_error = failure.kind.code(), "{}", failure.detail);
-                answer_all(&inbox, &failure).await;
-                return;
             }
-        };
-        tracing::debug!(function = %identity.name, version = %identity.version, elapsed = ?started.elapsed(), "isolate ready");
-        match js.run_event_loop(PollEventLoopOptions::default()).await {
-            Ok(()) => {
-                tracing::debug!(function = %identity.name, version = %identity.version, "isolate finished its work and stops");
-                return;
-            }
-            Err(e) => {
-                let failure = Failure { kind: FailureKind::IsolateFailed, detail: readable(&e.to_string()) };
-                tracing::error!(target: "tern::function", function = %identity.name, version = %identity.version,
-                    tern_error = failure.kind.code(), "isolate stopped: {}", failure.detail);
-                js.op_state().borrow_mut().borrow_mut::<InFlight>().fail_all(&failure);
-                drop(js);
-                tokio::time::sleep(REBOOT_BACKOFF).await;
-            }
+            drop(js);
+            answer_all(&inbox, &failure).await;
+            return Ending::Finished;
         }
+        tracing::debug!(function = %function.identity.name, version = %function.identity.version,
+            elapsed = ?started.elapsed(), "function ready");
+        stats.live_isolates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ending = function.serve(&mut js).await;
+        stats.live_isolates.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        drop(js);
+        match ending {
+            None => Ending::Finished,
+            Some(()) => match inbox.into_receiver() {
+                Some(rx) => Ending::Died(rx),
+                None => Ending::Finished,
+            },
+        }
+    }
+}
+
+fn is_kill(kind: FailureKind) -> bool {
+    matches!(kind, FailureKind::CpuLimitExceeded | FailureKind::MemoryLimitExceeded | FailureKind::StartupLimitExceeded)
+}
+
+/// The function bound to an isolate, with its meters.
+struct Function<'s> {
+    identity: FunctionIdentity,
+    limits: Limits,
+    tripwire: Arc<Tripwire>,
+    memory: Arc<MemoryMeter>,
+    stats: &'s RuntimeStats,
+    startup_used: Duration,
+}
+
+impl Function<'_> {
+    fn new_failure(&self, breach: Breach) -> Failure {
+        let l = &self.limits;
+        let (kind, detail) = match breach {
+            Breach::Cpu => (
+                FailureKind::CpuLimitExceeded,
+                format!(
+                    "the function used more than its CPU time limit of {} ms per request",
+                    l.cpu_per_request.as_millis()
+                ),
+            ),
+            Breach::Startup => (
+                FailureKind::StartupLimitExceeded,
+                format!(
+                    "evaluating the function's modules used more than its startup CPU limit of {} ms",
+                    l.startup_cpu.as_millis()
+                ),
+            ),
+            Breach::Memory => (
+                FailureKind::MemoryLimitExceeded,
+                format!("the isolate used more than its memory limit of {} MiB", l.memory_bytes / (1024 * 1024)),
+            ),
+        };
+        Failure { kind, detail }
+    }
+
+    /// Runs `fut` (JS work on `js`) metered against the startup budget.
+    async fn startup<T>(&mut self, fut: impl Future<Output = T>) -> T {
+        let mut fut = std::pin::pin!(fut);
+        let clock = self.tripwire.clock();
+        std::future::poll_fn(|cx| {
+            let start = clock.now();
+            self.tripwire.arm(start, self.limits.startup_cpu.saturating_sub(self.startup_used), Breach::Startup);
+            let r = fut.as_mut().poll(cx);
+            self.tripwire.disarm();
+            self.startup_used += clock.now().saturating_sub(start);
+            r
+        })
+        .await
+    }
+
+    /// Runs `f` (synchronous JS work, such as evaluating modules) metered against the
+    /// startup budget.
+    fn startup_sync<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let clock = self.tripwire.clock();
+        let start = clock.now();
+        self.tripwire.arm(start, self.limits.startup_cpu.saturating_sub(self.startup_used), Breach::Startup);
+        let r = f();
+        self.tripwire.disarm();
+        self.startup_used += clock.now().saturating_sub(start);
+        r
+    }
+
+    /// The failure a startup error stands for: the breach if the isolate was tripped.
+    fn startup_failure(&self, js: &mut JsRuntime, detail: String) -> Failure {
+        match self.breach(js) {
+            Some(breach) => self.new_failure(breach),
+            None => load_failed(detail),
+        }
+    }
+
+    /// Why the isolate was tripped, if it was; a heap past the limit counts as a memory
+    /// breach whatever tripped first (a heap bomb that catches its out-of-memory errors
+    /// ends up on the CPU limit).
+    fn breach(&self, js: &mut JsRuntime) -> Option<Breach> {
+        let tripped = self.tripwire.tripped()?;
+        if self.sample_heap(js) >= self.memory.limit() {
+            return Some(Breach::Memory);
+        }
+        Some(tripped)
+    }
+
+    fn sample_heap(&self, js: &mut JsRuntime) -> usize {
+        let heap = js.v8_isolate().get_heap_statistics().total_heap_size();
+        self.memory.record_heap(heap);
+        heap + self.memory.array_buffer_bytes()
+    }
+
+    async fn load(
+        &mut self,
+        js: &mut JsRuntime,
+        loader: &BundleModuleLoader,
+        bundle: &Arc<Bundle>,
+        inbox: &Inbox,
+    ) -> Result<(), Failure> {
+        loader.bind(bundle.clone());
+        {
+            let state = js.op_state();
+            let mut state = state.borrow_mut();
+            state.put(self.identity.clone());
+            state.put(inbox.clone());
+            state.put(InFlight::default());
+            state.put(FunctionEnv::from_vars(&bundle.manifest.vars));
+            state.put::<Rc<dyn ModuleBytes>>(Rc::new(BundleFiles(bundle.clone())));
+        }
+        if !bundle.manifest.allow_eval {
+            let context = js.main_context();
+            deno_core::scope!(scope, js);
+            v8::Local::new(scope, context).set_allow_generation_from_strings(false);
+        }
+        let main = BundleModuleLoader::main_specifier(bundle);
+        let module_id = match self.startup(js.load_main_es_module(&main)).await {
+            Ok(id) => id,
+            Err(e) => return Err(self.startup_failure(js, e.to_string())),
+        };
+        let evaluated = {
+            let evaluation = self.startup_sync(|| js.mod_evaluate(module_id));
+            // Fails, rather than waiting forever, when a top-level await can no longer settle.
+            self.startup(js.with_event_loop_promise(Box::pin(evaluation), PollEventLoopOptions::default())).await
+        };
+        if let Err(e) = evaluated {
+            let detail = if matches!(e.as_kind(), CoreErrorKind::PendingPromiseResolution) {
+                format!(
+                    "{}: a top-level await never settles (nothing is left that could settle it)",
+                    display_specifier(main.as_str())
+                )
+            } else {
+                e.to_string()
+            };
+            return Err(self.startup_failure(js, detail));
+        }
+        let namespace = js.get_module_namespace(module_id).map_err(|e| load_failed(e.to_string()))?;
+        let serve = js
+            .op_state()
+            .borrow_mut()
+            .try_take::<ServeEntry>()
+            .ok_or_else(|| load_failed("the tern bootstrap did not register its serve entry".into()))?;
+        let namespace: v8::Global<v8::Value> = {
+            deno_core::scope!(scope, js);
+            let local = v8::Local::new(scope, &namespace);
+            v8::Global::new(scope, local.cast::<v8::Value>())
+        };
+        let call = js.call_with_args(&serve.0, &[namespace]);
+        let started = self.startup(js.with_event_loop_promise(Box::pin(call), PollEventLoopOptions::default())).await;
+        self.stats.add_cpu(self.startup_used);
+        started.map_err(|e| self.startup_failure(js, format!("{} ({})", e, display_specifier(main.as_str()))))?;
+        Ok(())
+    }
+
+    /// Serves until the inbox closes (`None`) or the isolate is killed or dies (`Some`).
+    async fn serve(&mut self, js: &mut JsRuntime) -> Option<()> {
+        let clock = self.tripwire.clock();
+        let allowance = Allowance { limit: self.limits.cpu_per_request };
+        let mut background = Duration::ZERO;
+        let mut background_since = Instant::now();
+        let mut stretches = 0u32;
+        let result = std::future::poll_fn(|cx| {
+            let (in_flight, max_charged) = {
+                let state = js.op_state();
+                let state = state.borrow();
+                let f = state.borrow::<InFlight>();
+                (f.len(), f.max_charged())
+            };
+            if background_since.elapsed() >= BACKGROUND_PERIOD {
+                background = Duration::ZERO;
+                background_since = Instant::now();
+            }
+            let start = clock.now();
+            self.tripwire.arm(start, allowance.next_stretch(in_flight, max_charged, background), Breach::Cpu);
+            let polled = js.poll_event_loop(cx, PollEventLoopOptions::default());
+            self.tripwire.disarm();
+            let used = clock.now().saturating_sub(start);
+            self.stats.add_cpu(used);
+            {
+                let state = js.op_state();
+                let mut state = state.borrow_mut();
+                let f = state.borrow_mut::<InFlight>();
+                if f.is_empty() {
+                    background += used;
+                } else {
+                    f.charge(used);
+                }
+                f.forget_abandoned();
+                if state.has::<HeapExhausted>() {
+                    self.tripwire.trip(Breach::Memory);
+                }
+            }
+            stretches = stretches.wrapping_add(1);
+            if (used >= HEAP_SAMPLE_AFTER || stretches.is_multiple_of(HEAP_SAMPLE_EVERY))
+                && self.sample_heap(js) > self.memory.limit()
+            {
+                self.tripwire.trip(Breach::Memory);
+            }
+            if self.tripwire.tripped().is_some() {
+                return Poll::Ready(Err(match polled {
+                    Poll::Ready(Err(e)) => Some(e),
+                    _ => None,
+                }));
+            }
+            match polled {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(Some(e))),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        let error = match result {
+            Ok(()) => {
+                tracing::debug!(function = %self.identity.name, version = %self.identity.version,
+                    "isolate finished its work and stops");
+                return None;
+            }
+            Err(error) => error,
+        };
+        let out_of_memory = error.as_ref().is_some_and(|e| is_out_of_memory(&e.to_string()));
+        let failure = match self.breach(js) {
+            _ if out_of_memory => self.new_failure(Breach::Memory),
+            Some(breach) => self.new_failure(breach),
+            None => Failure {
+                kind: FailureKind::IsolateFailed,
+                detail: readable(&error.map(|e| e.to_string()).unwrap_or_else(|| "the isolate stopped".into())),
+            },
+        };
+        let (requests, cpu) = {
+            let state = js.op_state();
+            let state = state.borrow();
+            let f = state.borrow::<InFlight>();
+            (f.requests(), f.max_charged())
+        };
+        if is_kill(failure.kind) {
+            self.record_kill(js, failure.kind, cpu, &requests);
+        } else {
+            tracing::error!(target: "tern::function", function = %self.identity.name, version = %self.identity.version,
+                tern_error = failure.kind.code(), "isolate stopped: {}", failure.detail);
+        }
+        js.op_state().borrow_mut().borrow_mut::<InFlight>().fail_all(&failure);
+        Some(())
+    }
+
+    /// The structured record of a kill: one JSON log line (target `tern::kill`) and a counter.
+    fn record_kill(&self, js: &mut JsRuntime, kind: FailureKind, cpu: Duration, requests: &[RequestId]) {
+        let heap = js.v8_isolate().get_heap_statistics().total_heap_size();
+        let requests: Vec<String> = requests.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            target: "tern::kill",
+            function = %self.identity.name,
+            version = %self.identity.version,
+            limit = kind.code(),
+            cpu_ms = cpu.as_secs_f64() * 1000.0,
+            heap_bytes = heap,
+            array_buffer_bytes = self.memory.array_buffer_bytes(),
+            requests = %requests.join(","),
+            "function killed: {}",
+            kind.code()
+        );
+        self.stats.count_kill(kind);
     }
 }
 
@@ -88,60 +415,4 @@ fn load_failed(detail: String) -> Failure {
 /// Module URLs in messages become the project-relative paths the user wrote.
 fn readable(message: &str) -> String {
     message.replace(tern_js_api::MODULE_ROOT, "")
-}
-
-/// Boots an isolate for `bundle`, evaluates its modules and starts its serve loop.
-async fn boot(
-    bundle: &Arc<Bundle>,
-    inbox: &Inbox,
-    identity: &FunctionIdentity,
-    egress: &Egress,
-) -> Result<JsRuntime, Failure> {
-    let mut js = JsRuntime::try_new(RuntimeOptions {
-        extensions: tern_js_api::extensions(egress),
-        module_loader: Some(Rc::new(BundleModuleLoader::new(bundle.clone()))),
-        ..Default::default()
-    })
-    .map_err(|e| Failure { kind: FailureKind::IsolateFailed, detail: format!("could not create an isolate: {e}") })?;
-    let engine_ready = Instant::now();
-    {
-        let state = js.op_state();
-        let mut state = state.borrow_mut();
-        state.put(identity.clone());
-        state.put(inbox.clone());
-        state.put(InFlight::default());
-        state.put(FunctionEnv::from_vars(&bundle.manifest.vars));
-        state.put::<Rc<dyn ModuleBytes>>(Rc::new(BundleFiles(bundle.clone())));
-    }
-    let main = BundleModuleLoader::main_specifier(bundle);
-    let module_id = js.load_main_es_module(&main).await.map_err(|e| load_failed(e.to_string()))?;
-    let evaluation = js.mod_evaluate(module_id);
-    // Fails, rather than waiting forever, when a top-level await can no longer settle.
-    js.with_event_loop_promise(Box::pin(evaluation), PollEventLoopOptions::default()).await.map_err(|e| {
-        if matches!(e.as_kind(), CoreErrorKind::PendingPromiseResolution) {
-            load_failed(format!(
-                "{}: a top-level await never settles (nothing is left that could settle it)",
-                display_specifier(main.as_str())
-            ))
-        } else {
-            load_failed(e.to_string())
-        }
-    })?;
-    let namespace = js.get_module_namespace(module_id).map_err(|e| load_failed(e.to_string()))?;
-    let serve = js
-        .op_state()
-        .borrow_mut()
-        .try_take::<ServeEntry>()
-        .ok_or_else(|| load_failed("the tern bootstrap did not register its serve entry".into()))?;
-    let namespace: v8::Global<v8::Value> = {
-        deno_core::scope!(scope, &mut js);
-        let local = v8::Local::new(scope, &namespace);
-        v8::Global::new(scope, local.cast::<v8::Value>())
-    };
-    tracing::debug!(function = %identity.name, modules = ?engine_ready.elapsed(), "function modules evaluated");
-    let call = js.call_with_args(&serve.0, &[namespace]);
-    js.with_event_loop_promise(Box::pin(call), PollEventLoopOptions::default())
-        .await
-        .map_err(|e| load_failed(format!("{} ({})", e, display_specifier(main.as_str()))))?;
-    Ok(js)
 }

@@ -1,12 +1,20 @@
-//! Tern's isolate runtime: runs function bundles in deno_core isolates.
+//! Tern's isolate runtime: runs function bundles in deno_core isolates, under limits.
 //!
-//! Owns the isolate threads ([`pool`]), the life of one function's isolate ([`isolate`]),
-//! module loading from a bundle ([`loader`]) and npm package resolution ([`packages`]). It knows nothing of HTTP servers or routing:
-//! the edge node hands it [`Exchange`](tern_js_api::exchange::Exchange)s.
+//! Owns where isolates live and the warm pool ([`pool`]), the life of one function's
+//! isolate ([`isolate`]), CPU and memory accounting ([`meter`], [`memory`]) with the thread
+//! that enforces CPU deadlines ([`watchdog`]), the runtime's counters ([`stats`]), module
+//! loading from a bundle ([`loader`]) and npm package resolution ([`packages`]). It knows
+//! nothing of HTTP servers or routing: the edge node hands it
+//! [`Exchange`](tern_js_api::exchange::Exchange)s.
 
 pub mod isolate;
 pub mod loader;
+pub mod memory;
+pub mod meter;
 pub mod packages;
 pub mod pool;
+pub mod stats;
+pub mod watchdog;
 
-pub use pool::{IsolateThreads, StartError};
+pub use pool::{IsolateConfig, Isolates, StartError};
+pub use stats::RuntimeStats;

@@ -20,13 +20,28 @@ use crate::packages;
 
 pub use tern_js_api::MODULE_ROOT;
 
+/// Loads from the bundle it is bound to. An isolate is booted (with its loader) before it
+/// knows which function it will run, so the bundle is given later, once, by [`Self::bind`];
+/// until then nothing can be imported.
+#[derive(Default)]
 pub struct BundleModuleLoader {
-    bundle: Arc<Bundle>,
+    bundle: std::cell::OnceCell<Arc<Bundle>>,
 }
 
 impl BundleModuleLoader {
     pub fn new(bundle: Arc<Bundle>) -> Self {
-        Self { bundle }
+        let loader = Self::default();
+        loader.bind(bundle);
+        loader
+    }
+
+    /// Binds the loader to the function it loads for; a second call is ignored.
+    pub fn bind(&self, bundle: Arc<Bundle>) {
+        let _ = self.bundle.set(bundle);
+    }
+
+    fn modules(&self) -> Option<&Bundle> {
+        self.bundle.get().map(|b| &**b)
     }
 
     pub fn main_specifier(bundle: &Bundle) -> ModuleSpecifier {
@@ -77,7 +92,7 @@ impl ModuleLoader for BundleModuleLoader {
         }
         let lookup = |path: &str| {
             let path = ModulePath::new(path).ok()?;
-            self.bundle.modules.get(&path).map(|m| m.bytes.to_vec())
+            self.modules()?.modules.get(&path).map(|m| m.bytes.to_vec())
         };
         let path = packages::resolve(specifier, from, &lookup)
             .map_err(|e| JsErrorBox::type_error(format!("cannot import {specifier:?} from {from}: {e}")))?;
@@ -101,7 +116,7 @@ impl BundleModuleLoader {
         referrer: Option<&ModuleLoadReferrer>,
         requested: RequestedModuleType,
     ) -> Result<ModuleSource, JsErrorBox> {
-        let module = bundle_path(specifier).and_then(|p| self.bundle.modules.get(&p).map(|m| (p, m)));
+        let module = bundle_path(specifier).and_then(|p| self.modules()?.modules.get(&p).map(|m| (p, m)));
         let Some((path, module)) = module else {
             let from = referrer
                 .map(|r| format!(" (imported from {}:{})", display_specifier(r.specifier.as_str()), r.line_number))

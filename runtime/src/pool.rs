@@ -1,179 +1,258 @@
-//! Isolate threads. `JsRuntime` is `!Send`, so each thread owns its isolates and a
-//! current-thread tokio runtime; [`IsolateThreads::dispatch`] sends a request to the thread
-//! that holds (or will hold) the function's isolate. A function lives on one thread, chosen
-//! by a hash of its name, and one isolate serves all its concurrent requests: its async code
-//! interleaves on that thread's event loop.
+//! Where isolates live: one OS thread per isolate, a warm pool of booted isolates, and the
+//! table of which isolate serves which function.
 //!
-//! A new version of a function replaces its isolate atomically: requests already inside the
-//! old isolate finish there, new ones go to the new isolate.
+//! `JsRuntime` is `!Send`, and the engine keeps per-thread state that only grows with every
+//! isolate created on a thread (it refuses to create one after about 42 on a thread), so
+//! every isolate gets a thread of its own and the thread ends with it. A function's
+//! requests go through an unbounded queue (its inbox) to the one isolate serving its
+//! current version; concurrent requests interleave inside that isolate.
+//!
+//! Boot (deno_core plus the Web API extensions, tens of milliseconds) happens off the
+//! request path: a spawner thread keeps [`IsolateConfig::warm_pool`] booted, never-used
+//! isolates waiting, one boot at a time. A function new to the node takes one and pays only
+//! for evaluating its modules; with the pool empty (or for a function whose memory limit
+//! differs from the pool's) an isolate is booted on demand. A new version replaces the
+//! slot atomically: requests already inside the old isolate finish there.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::pin::Pin;
-use std::sync::Arc;
-use std::thread;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tern_js_api::egress::Egress;
-use tern_js_api::exchange::{Exchange, Failure, FailureKind, Inbox, Reply};
-use tern_proto::{Bundle, BundleId};
+use tern_js_api::exchange::{Exchange, Failure, FailureKind, Reply};
+use tern_proto::{Bundle, BundleId, Limits};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::isolate::run_function;
+use crate::isolate::{Ending, WarmIsolate};
+use crate::stats::RuntimeStats;
 
-#[allow(clippy::large_enum_variant, reason = "Dispatch is the hot path: boxing it would allocate per request")]
-enum Command {
-    Dispatch { bundle: Arc<Bundle>, exchange: Exchange },
-    Prepare { bundle: Arc<Bundle>, booted: oneshot::Sender<()> },
-    Spawn(ThreadTask),
-}
+/// Pause before a killed or crashed function gets its next isolate, so a function that
+/// kills its isolate on every request cannot keep the node booting.
+const REBOOT_BACKOFF: Duration = Duration::from_millis(50);
+/// Pause before retrying when the warm pool cannot boot an isolate at all.
+const BOOT_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Work to run on an isolate thread: builds a (possibly `!Send`) future there.
-pub type ThreadTask = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
-
-/// Handle to the isolate threads; cheap to clone, usable from any thread.
 #[derive(Clone)]
-pub struct IsolateThreads {
-    threads: Arc<[mpsc::UnboundedSender<Command>]>,
+pub struct IsolateConfig {
+    pub egress: Egress,
+    /// Booted, never-used isolates kept waiting.
+    pub warm_pool: usize,
+    /// Memory limit the pool's isolates are booted with (the default of `[limits]`).
+    pub pool_memory_limit: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("could not start isolate thread {index}: {source}")]
-pub struct StartError {
-    index: usize,
-    source: std::io::Error,
-}
-
-impl IsolateThreads {
-    /// Starts `count` isolate threads (at least one); their isolates fetch through `egress`.
-    pub fn start(count: usize, egress: Egress) -> Result<Self, StartError> {
-        let threads = (0..count.max(1))
-            .map(|index| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let egress = egress.clone();
-                thread::Builder::new()
-                    .name(format!("tern-isolates-{index}"))
-                    .spawn(move || isolate_thread(rx, egress))
-                    .map_err(|source| StartError { index, source })?;
-                Ok(tx)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { threads: threads.into() })
-    }
-
-    pub fn len(&self) -> usize {
-        self.threads.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.threads.is_empty()
-    }
-
-    /// Runs `task(thread_index)` as a task on every isolate thread. The edge node serves its
-    /// connections this way, so a request for a function held by the accepting thread is
-    /// handed over without crossing threads.
-    pub fn spawn_on_each<F>(&self, task: F)
-    where
-        F: Fn(usize) -> Pin<Box<dyn Future<Output = ()>>> + Send + Sync + 'static,
-    {
-        let task = Arc::new(task);
-        for (index, thread) in self.threads.iter().enumerate() {
-            let task = task.clone();
-            let _ = thread.send(Command::Spawn(Box::new(move || task(index))));
-        }
-    }
-
-    /// Boots the isolate of `bundle` ahead of its first request, and resolves once it is
-    /// ready to serve or its modules failed to load (which it then reports to every request).
-    pub async fn prepare_and_wait(&self, bundle: Arc<Bundle>) {
-        let thread = &self.threads[thread_for(bundle.name(), self.threads.len())];
-        let (booted, done) = oneshot::channel();
-        if thread.send(Command::Prepare { bundle, booted }).is_ok() {
-            let _ = done.await;
-        }
-    }
-
-    /// Hands `exchange` to the isolate of `bundle`, booting it if needed.
-    pub fn dispatch(&self, bundle: Arc<Bundle>, exchange: Exchange) {
-        let thread = &self.threads[thread_for(bundle.name(), self.threads.len())];
-        if let Err(mpsc::error::SendError(Command::Dispatch { exchange, .. })) =
-            thread.send(Command::Dispatch { bundle, exchange })
-        {
-            let failure = Failure { kind: FailureKind::IsolateFailed, detail: "isolate thread is gone".into() };
-            let _ = exchange.reply.send(Reply::Failed(failure));
-        }
+impl Default for IsolateConfig {
+    fn default() -> Self {
+        Self { egress: Egress::default(), warm_pool: 2, pool_memory_limit: Limits::default().memory_bytes }
     }
 }
 
-fn thread_for(function: &str, threads: usize) -> usize {
-    let mut h = DefaultHasher::new();
-    function.hash(&mut h);
-    (h.finish() % threads as u64) as usize
+/// Handle to the node's isolates; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Isolates {
+    shared: Arc<Shared>,
 }
 
-/// The live isolate of one function on this thread.
+struct Shared {
+    config: IsolateConfig,
+    slots: Mutex<HashMap<String, Slot>>,
+    warm: Mutex<VecDeque<oneshot::Sender<Binding>>>,
+    refill: Mutex<std::sync::mpsc::Sender<()>>,
+    stats: RuntimeStats,
+}
+
+/// The isolate serving the current version of one function.
 struct Slot {
     version: BundleId,
     inbox: mpsc::UnboundedSender<Exchange>,
 }
 
-fn isolate_thread(mut commands: mpsc::UnboundedReceiver<Command>, egress: Egress) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("isolate thread runtime");
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let mut slots: HashMap<String, Slot> = HashMap::new();
-        while let Some(command) = commands.recv().await {
-            match command {
-                Command::Prepare { bundle, booted } => {
-                    inbox_for(&mut slots, bundle, &egress, Some(booted));
-                }
-                Command::Spawn(task) => {
-                    tokio::task::spawn_local(task());
-                }
-                Command::Dispatch { bundle, exchange } => {
-                    let inbox = inbox_for(&mut slots, bundle, &egress, None);
-                    if let Err(mpsc::error::SendError(exchange)) = inbox.send(exchange) {
-                        let failure = Failure { kind: FailureKind::IsolateFailed, detail: "isolate stopped".into() };
-                        let _ = exchange.reply.send(Reply::Failed(failure));
+/// What a booted isolate is asked to run.
+struct Binding {
+    bundle: Arc<Bundle>,
+    inbox: mpsc::UnboundedReceiver<Exchange>,
+    booted: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not start the isolate spawner thread: {0}")]
+pub struct StartError(#[from] std::io::Error);
+
+impl Isolates {
+    /// Starts the warm pool's spawner; isolates come and go with their functions.
+    pub fn start(config: IsolateConfig) -> Result<Self, StartError> {
+        let (refill, wanted) = std::sync::mpsc::channel();
+        let shared = Arc::new(Shared {
+            config,
+            slots: Mutex::new(HashMap::new()),
+            warm: Mutex::new(VecDeque::new()),
+            refill: Mutex::new(refill),
+            stats: RuntimeStats::default(),
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new().name("tern-spawner".into()).spawn(move || spawner(weak, wanted))?;
+        shared.ask_refill();
+        Ok(Self { shared })
+    }
+
+    pub fn stats(&self) -> &RuntimeStats {
+        &self.shared.stats
+    }
+
+    /// Boots the isolate of `bundle` ahead of its first request, and resolves once it is
+    /// ready to serve or its modules failed to load (which it then reports to every request).
+    pub async fn prepare_and_wait(&self, bundle: Arc<Bundle>) {
+        let (booted, done) = oneshot::channel();
+        {
+            let mut slots = lock(&self.shared.slots);
+            if slots.get(bundle.name()).is_some_and(|s| s.version == bundle.id() && !s.inbox.is_closed()) {
+                return;
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            slots.insert(bundle.name().to_string(), Slot { version: bundle.id(), inbox: tx });
+            drop(slots);
+            self.shared.bind(Binding { bundle, inbox: rx, booted: Some(booted) });
+        }
+        let _ = done.await;
+    }
+
+    /// Hands `exchange` to the isolate of `bundle`, starting one if needed.
+    pub fn dispatch(&self, bundle: Arc<Bundle>, exchange: Exchange) {
+        let mut slots = lock(&self.shared.slots);
+        let exchange = match slots.get(bundle.name()) {
+            Some(slot) if slot.version == bundle.id() => match slot.inbox.send(exchange) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(exchange)) => exchange,
+            },
+            _ => exchange,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(exchange);
+        slots.insert(bundle.name().to_string(), Slot { version: bundle.id(), inbox: tx });
+        drop(slots);
+        self.shared.bind(Binding { bundle, inbox: rx, booted: None });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn ask_refill(&self) {
+        let _ = lock(&self.refill).send(());
+    }
+
+    /// Gives `binding` to a warm isolate, or boots one for it.
+    fn bind(self: &Arc<Self>, mut binding: Binding) {
+        tracing::info!(function = binding.bundle.name(), version = %binding.bundle.id().short(), "starting isolate");
+        if binding.bundle.manifest.limits.memory_bytes == self.config.pool_memory_limit {
+            loop {
+                let Some(warm) = lock(&self.warm).pop_front() else { break };
+                self.stats.warm_isolates.fetch_sub(1, Ordering::Relaxed);
+                match warm.send(binding) {
+                    Ok(()) => {
+                        self.ask_refill();
+                        return;
                     }
+                    Err(back) => binding = back,
                 }
             }
         }
+        self.stats.cold_boots.fetch_add(1, Ordering::Relaxed);
+        self.ask_refill();
+        let shared = self.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let _ = tx.send(binding);
+        let spawned = std::thread::Builder::new()
+            .name("tern-isolate".into())
+            .spawn(move || isolate_thread(shared, Start::Cold(rx.recv().expect("binding was sent"))));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start an isolate thread: {e}");
+        }
+    }
+}
+
+enum Start {
+    /// Boot, join the warm pool, wait to be bound; `ready` hears whether the boot worked.
+    Warm { ready: std::sync::mpsc::Sender<bool> },
+    /// Boot for this binding right away.
+    Cold(Binding),
+}
+
+/// Keeps the warm pool full, one boot at a time, until the node's handle is gone.
+fn spawner(shared: std::sync::Weak<Shared>, wanted: std::sync::mpsc::Receiver<()>) {
+    while wanted.recv().is_ok() {
+        while wanted.try_recv().is_ok() {}
+        loop {
+            let Some(shared) = shared.upgrade() else { return };
+            if lock(&shared.warm).len() >= shared.config.warm_pool {
+                break;
+            }
+            let (ready, booted) = std::sync::mpsc::channel();
+            let for_thread = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name("tern-isolate".into())
+                .spawn(move || isolate_thread(for_thread, Start::Warm { ready }));
+            drop(shared);
+            if spawned.is_err() || booted.recv() != Ok(true) {
+                std::thread::sleep(BOOT_FAILURE_BACKOFF);
+            }
+        }
+    }
+}
+
+fn isolate_thread(shared: Arc<Shared>, start: Start) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start an isolate thread's runtime: {e}");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let memory_limit = match &start {
+            Start::Warm { .. } => shared.config.pool_memory_limit,
+            Start::Cold(binding) => binding.bundle.manifest.limits.memory_bytes,
+        };
+        let booted = WarmIsolate::boot(&shared.config.egress, memory_limit);
+        if booted.is_ok() {
+            shared.stats.boots.fetch_add(1, Ordering::Relaxed);
+        }
+        let (isolate, binding) = match (start, booted) {
+            (Start::Warm { ready }, Ok(isolate)) => {
+                let (tx, rx) = oneshot::channel();
+                lock(&shared.warm).push_back(tx);
+                shared.stats.warm_isolates.fetch_add(1, Ordering::Relaxed);
+                let _ = ready.send(true);
+                let Ok(binding) = rx.await else { return };
+                (isolate, binding)
+            }
+            (Start::Warm { ready }, Err(e)) => {
+                tracing::error!("warm pool: {e}");
+                let _ = ready.send(false);
+                return;
+            }
+            (Start::Cold(binding), Ok(isolate)) => (isolate, binding),
+            (Start::Cold(mut binding), Err(e)) => {
+                tracing::error!(function = binding.bundle.name(), "{e}");
+                let failure = Failure { kind: FailureKind::IsolateFailed, detail: e };
+                binding.inbox.close();
+                while let Some(exchange) = binding.inbox.recv().await {
+                    let _ = exchange.reply.send(Reply::Failed(failure.clone()));
+                }
+                return;
+            }
+        };
+        let bundle = binding.bundle.clone();
+        match isolate.run(binding.bundle, binding.inbox, binding.booted, &shared.stats).await {
+            Ending::Finished => {}
+            Ending::Died(inbox) => {
+                tokio::time::sleep(REBOOT_BACKOFF).await;
+                shared.bind(Binding { bundle, inbox, booted: None });
+            }
+        }
     });
-}
-
-/// The inbox of the isolate running `bundle`, starting one if this version has none. The
-/// previous version's inbox is dropped: its isolate finishes what it holds, then stops.
-fn inbox_for(
-    slots: &mut HashMap<String, Slot>,
-    bundle: Arc<Bundle>,
-    egress: &Egress,
-    booted: Option<oneshot::Sender<()>>,
-) -> mpsc::UnboundedSender<Exchange> {
-    if let Some(slot) = slots.get(bundle.name()).filter(|s| s.version == bundle.id() && !s.inbox.is_closed()) {
-        // Already running (or booting): whoever waits is told at once.
-        if let Some(booted) = booted {
-            let _ = booted.send(());
-        }
-        return slot.inbox.clone();
-    }
-    let (tx, rx) = mpsc::unbounded_channel();
-    tracing::info!(function = bundle.name(), version = %bundle.id().short(), "starting isolate");
-    slots.insert(bundle.name().to_string(), Slot { version: bundle.id(), inbox: tx.clone() });
-    tokio::task::spawn_local(run_function(bundle, Inbox::new(rx), egress.clone(), booted));
-    tx
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_function_always_maps_to_the_same_thread() {
-        for name in ["a", "hello", "api-v2"] {
-            let t = thread_for(name, 4);
-            assert!(t < 4);
-            assert_eq!(t, thread_for(name, 4));
-        }
-    }
 }
