@@ -16,6 +16,9 @@ pub enum NodeError {
     Function { function: String, failure: Failure },
     /// The request body is larger than the function's `limits.request_body_mib`.
     RequestBodyTooLarge { function: String, limit: u64 },
+    /// The function answered with a complete body larger than `limits.response_body_mib`
+    /// (a streamed one is cut where it passes the limit instead).
+    ResponseBodyTooLarge { function: String, limit: u64 },
 }
 
 /// Whether failure details (stacks, compile errors) go into response bodies: yes for
@@ -41,6 +44,7 @@ impl NodeError {
                 | FailureKind::WallTimeExceeded => StatusCode::SERVICE_UNAVAILABLE,
             },
             Self::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::ResponseBodyTooLarge { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -49,6 +53,7 @@ impl NodeError {
             Self::NoRoute { .. } => "no_route",
             Self::Function { failure, .. } => failure.kind.code(),
             Self::RequestBodyTooLarge { .. } => "request_body_too_large",
+            Self::ResponseBodyTooLarge { .. } => "response_body_too_large",
         }
     }
 
@@ -57,6 +62,10 @@ impl NodeError {
             Self::NoRoute { host } => format!("no function serves host {host:?}\n"),
             Self::RequestBodyTooLarge { function, limit } => format!(
                 "the request body is larger than function {function:?} accepts ({} MiB, limits.request_body_mib)\n",
+                limit / (1024 * 1024)
+            ),
+            Self::ResponseBodyTooLarge { function, limit } => format!(
+                "function {function:?} answered with a body larger than its limit ({} MiB, limits.response_body_mib)\n",
                 limit / (1024 * 1024)
             ),
             Self::Function { function, failure } => {
@@ -124,6 +133,7 @@ mod tests {
             (f(FailureKind::StartupLimitExceeded), 503, "startup_limit_exceeded"),
             (f(FailureKind::WallTimeExceeded), 503, "wall_time_exceeded"),
             (NodeError::RequestBodyTooLarge { function: "f".into(), limit: 1 << 20 }, 413, "request_body_too_large"),
+            (NodeError::ResponseBodyTooLarge { function: "f".into(), limit: 1 << 20 }, 500, "response_body_too_large"),
         ];
         for (error, status, code) in cases {
             let response = error.into_response(ErrorDetail::Hide);

@@ -48,13 +48,7 @@ pub struct GuardedBody<B> {
 }
 
 impl<B> GuardedBody<B> {
-    pub fn new(
-        inner: B,
-        deadline: Instant,
-        wall_ms: u128,
-        max: u64,
-        on_cut: OnCut,
-    ) -> Self {
+    pub fn new(inner: B, deadline: Instant, wall_ms: u128, max: u64, on_cut: OnCut) -> Self {
         Self {
             inner,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),

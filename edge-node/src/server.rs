@@ -190,6 +190,11 @@ async fn exchange(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr, i
     };
     match answer {
         Ok(Reply::Response(response)) => {
+            if http_body::Body::size_hint(response.body()).lower() > limits.response_body_bytes {
+                tracing::warn!(target: "tern::kill", function = %function, version = %version, request = %id,
+                    limit = "response_body_too_large", "response refused: larger than limits.response_body_mib");
+                return error(node, NodeError::ResponseBodyTooLarge { function, limit: limits.response_body_bytes });
+            }
             let isolates = node.isolates().clone();
             let on_cut = Box::new(move |cut: &BodyCut| {
                 tracing::warn!(target: "tern::kill", function = %function, version = %version, request = %id,

@@ -63,16 +63,19 @@ export function reportUncaught(where, error) {
 }
 
 // Timers: a throwing callback is logged, as in Workers; it must not take the isolate down.
-const guard = (callback) =>
-  typeof callback === "function"
-    ? function (...args) {
-      try {
-        return callback.apply(this, args);
-      } catch (e) {
-        reportUncaught("in timer", e);
-      }
+// A string is code to compile, which functions may not do (as in Workers): refused.
+const guard = (callback) => {
+  if (typeof callback !== "function") {
+    throw new TypeError("timer callbacks must be functions: code in strings is not compiled");
+  }
+  return function (...args) {
+    try {
+      return callback.apply(this, args);
+    } catch (e) {
+      reportUncaught("in timer", e);
     }
-    : callback;
+  };
+};
 // Called unbound: deno_web's timers refuse a `this` other than the global object.
 const { setTimeout: webSetTimeout, setInterval: webSetInterval } = timers;
 function setTimeout(callback, delay = 0, ...args) {

@@ -22,6 +22,10 @@ use deno_error::JsErrorBox;
 /// URL prefix under which a function's modules live (`file:///src/index.js`).
 pub const MODULE_ROOT: &str = "file:///";
 
+/// Script run in a function's isolate before its modules unless the function allows
+/// `eval`: replaces every way to compile code from a string with a thrower.
+pub const REFUSE_CODE_GENERATION: &str = include_str!("../js/refuse_codegen.js");
+
 /// Read access to the bytes of the function's own modules (`.wasm`, `.bin` imports).
 pub trait ModuleBytes {
     fn bytes(&self, path: &str) -> Option<Arc<[u8]>>;

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::loader::{BundleModuleLoader, display_specifier};
 use crate::memory::MemoryMeter;
-use crate::meter::{Allowance, BACKGROUND_PERIOD, Breach, CpuClock, Tripwire};
+use crate::meter::{Allowance, BACKGROUND_PERIOD, Breach, Tripwire};
 use crate::stats::RuntimeStats;
 use crate::watchdog;
 
@@ -75,7 +75,7 @@ impl WarmIsolate {
             ..Default::default()
         })
         .map_err(|e| format!("could not create an isolate: {e}"))?;
-        let tripwire = Arc::new(Tripwire::new(CpuClock::of_current_thread(), js.v8_isolate().thread_safe_handle()));
+        let tripwire = Arc::new(Tripwire::new(js.v8_isolate().thread_safe_handle()));
         memory.set_tripwire(tripwire.clone());
         let on_heap_limit = tripwire.clone();
         js.add_near_heap_limit_callback(move |current, _initial| {
@@ -86,8 +86,8 @@ impl WarmIsolate {
         Ok(Self { js, loader, tripwire, memory })
     }
 
-    pub fn memory_limit(&self) -> u64 {
-        self.memory.limit() as u64
+    pub fn tripwire(&self) -> &Arc<Tripwire> {
+        &self.tripwire
     }
 
     /// Runs `bundle` in this isolate: evaluates its modules, then serves `inbox` until it
@@ -113,7 +113,7 @@ impl WarmIsolate {
         if let Err(failure) = loaded {
             let f = &function.identity;
             if is_kill(failure.kind) {
-                function.record_kill(&mut js, failure.kind, function.startup_used, &[]);
+                function.record_kill(&mut js, failure.kind, "startup", function.startup_used, &[]);
             } else {
                 tracing::error!(target: "tern::function", function = %f.name, version = %f.version,
                     tern_error = failure.kind.code(), "{}", failure.detail);
@@ -248,9 +248,10 @@ impl Function<'_> {
             state.put::<Rc<dyn ModuleBytes>>(Rc::new(BundleFiles(bundle.clone())));
         }
         if !bundle.manifest.allow_eval {
-            let context = js.main_context();
-            deno_core::scope!(scope, js);
-            v8::Local::new(scope, context).set_allow_generation_from_strings(false);
+            // Not the engine's own switch: on quickjs it only swaps the global `eval` and
+            // `Function` (so `.constructor` still compiles, and `instanceof Function` throws).
+            js.execute_script("ext:tern/refuse_codegen.js", tern_js_api::REFUSE_CODE_GENERATION)
+                .map_err(|e| load_failed(format!("could not lock code generation: {e}")))?;
         }
         let main = BundleModuleLoader::main_specifier(bundle);
         let module_id = match self.startup(js.load_main_es_module(&main)).await {
@@ -372,7 +373,7 @@ impl Function<'_> {
             (f.requests(), f.max_charged())
         };
         if is_kill(failure.kind) {
-            self.record_kill(js, failure.kind, cpu, &requests);
+            self.record_kill(js, failure.kind, "request", cpu, &requests);
         } else {
             tracing::error!(target: "tern::function", function = %self.identity.name, version = %self.identity.version,
                 tern_error = failure.kind.code(), "isolate stopped: {}", failure.detail);
@@ -382,7 +383,8 @@ impl Function<'_> {
     }
 
     /// The structured record of a kill: one JSON log line (target `tern::kill`) and a counter.
-    fn record_kill(&self, js: &mut JsRuntime, kind: FailureKind, cpu: Duration, requests: &[RequestId]) {
+    /// `phase` is `startup` (module evaluation) or `request` (serving).
+    fn record_kill(&self, js: &mut JsRuntime, kind: FailureKind, phase: &str, cpu: Duration, requests: &[RequestId]) {
         let heap = js.v8_isolate().get_heap_statistics().total_heap_size();
         let requests: Vec<String> = requests.iter().map(ToString::to_string).collect();
         tracing::warn!(
@@ -390,6 +392,7 @@ impl Function<'_> {
             function = %self.identity.name,
             version = %self.identity.version,
             limit = kind.code(),
+            phase,
             cpu_ms = cpu.as_secs_f64() * 1000.0,
             heap_bytes = heap,
             array_buffer_bytes = self.memory.array_buffer_bytes(),

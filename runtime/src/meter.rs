@@ -70,11 +70,31 @@ pub struct Tripwire {
     /// Set once the isolate is being terminated, with the reason.
     tripped: AtomicU8,
     handle: deno_core::v8::IsolateHandle,
+    /// The isolate thread's kernel id, to lower its priority if it gets stuck.
+    tid: libc::pid_t,
+    tripped_at: std::sync::Mutex<Option<std::time::Instant>>,
+    stuck: std::sync::atomic::AtomicBool,
+    on_stuck: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
+/// How long terminated JS may go on before its isolate is declared stuck.
+pub const STUCK_AFTER: Duration = Duration::from_secs(1);
+
 impl Tripwire {
-    pub fn new(clock: CpuClock, handle: deno_core::v8::IsolateHandle) -> Self {
-        Self { clock, deadline_ns: AtomicU64::new(0), armed_for: AtomicU8::new(0), tripped: AtomicU8::new(0), handle }
+    /// The tripwire of an isolate running on the calling thread.
+    pub fn new(handle: deno_core::v8::IsolateHandle) -> Self {
+        Self {
+            clock: CpuClock::of_current_thread(),
+            deadline_ns: AtomicU64::new(0),
+            armed_for: AtomicU8::new(0),
+            tripped: AtomicU8::new(0),
+            handle,
+            // SAFETY: gettid has no preconditions.
+            tid: unsafe { libc::gettid() },
+            tripped_at: std::sync::Mutex::new(None),
+            stuck: std::sync::atomic::AtomicBool::new(false),
+            on_stuck: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn clock(&self) -> CpuClock {
@@ -94,9 +114,16 @@ impl Tripwire {
     }
 
     /// Called by the watchdog: terminates the isolate if the running JS is past its deadline.
+    /// A tripped isolate still running JS is told again: on quickjs a termination can be
+    /// consumed by one microtask while the next one carries on.
     pub fn check(&self) -> bool {
         let deadline = self.deadline_ns.load(Ordering::Acquire);
-        if deadline == 0 || self.tripped.load(Ordering::Relaxed) != 0 {
+        if deadline == 0 {
+            return false;
+        }
+        if self.tripped.load(Ordering::Relaxed) != 0 {
+            self.handle.terminate_execution();
+            self.quarantine_if_stuck();
             return false;
         }
         if self.clock.now().as_nanos() < u128::from(deadline) {
@@ -110,7 +137,33 @@ impl Tripwire {
     /// Terminates the isolate's JS for `breach` (the first reason wins).
     pub fn trip(&self, breach: Breach) {
         if self.tripped.compare_exchange(0, breach as u8, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            *self.tripped_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
             self.handle.terminate_execution();
+        }
+    }
+
+    /// What to do once the isolate is found stuck: the pool moves its function elsewhere.
+    pub fn on_stuck(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_stuck.set(f);
+    }
+
+    pub fn is_stuck(&self) -> bool {
+        self.stuck.load(Ordering::Relaxed)
+    }
+
+    /// JS still running [`STUCK_AFTER`] after termination cannot be stopped in this process
+    /// (on quickjs, a chain of microtasks each re-queuing the next swallows termination).
+    /// Its thread is lowered to the least CPU priority and the function moves on to a fresh
+    /// isolate; the thread is lost until the process is replaced.
+    fn quarantine_if_stuck(&self) {
+        let since = *self.tripped_at.lock().unwrap_or_else(|p| p.into_inner());
+        if since.is_none_or(|t| t.elapsed() < STUCK_AFTER) || self.stuck.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // SAFETY: setpriority on a thread id of this process; failure only leaves the priority.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, self.tid as libc::id_t, 19) };
+        if let Some(f) = self.on_stuck.get() {
+            f();
         }
     }
 

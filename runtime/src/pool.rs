@@ -247,6 +247,18 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
             }
         };
         let bundle = binding.bundle.clone();
+        let (weak, name, version) = (Arc::downgrade(&shared), bundle.name().to_string(), bundle.id());
+        isolate.tripwire().on_stuck(Box::new(move || {
+            tracing::error!(target: "tern::kill", function = %name, version = %version.short(),
+                "isolate stuck after termination: its thread is quarantined and the function moves to a fresh isolate");
+            if let Some(shared) = weak.upgrade() {
+                shared.stats.stuck_isolates.fetch_add(1, Ordering::Relaxed);
+                let mut slots = lock(&shared.slots);
+                if slots.get(&name).is_some_and(|s| s.version == version) {
+                    slots.remove(&name);
+                }
+            }
+        }));
         match isolate.run(binding.bundle, binding.inbox, binding.booted, &shared.stats).await {
             Ending::Finished => {}
             Ending::Died(inbox) => {

@@ -18,6 +18,8 @@ pub struct RuntimeStats {
     pub cold_boots: AtomicU64,
     /// CPU time used by functions (module evaluation and requests), in nanoseconds.
     pub function_cpu_ns: AtomicU64,
+    /// Isolates whose JS went on after termination; their threads are quarantined.
+    pub stuck_isolates: AtomicU64,
     pub kills_cpu: AtomicU64,
     pub kills_memory: AtomicU64,
     pub kills_startup: AtomicU64,

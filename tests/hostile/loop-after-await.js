@@ -1,0 +1,2 @@
+// expect: 503 cpu_limit_exceeded
+export default { async fetch() { await new Promise((r) => setTimeout(r, 5)); for (;;) {} } };

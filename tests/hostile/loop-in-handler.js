@@ -1,0 +1,2 @@
+// expect: 503 cpu_limit_exceeded
+export default { fetch() { for (;;) {} } };

@@ -1,0 +1,3 @@
+// expect: 503 wall_time_exceeded
+// limit: wall_ms = 300
+export default { fetch() { return new Promise(() => {}); } };

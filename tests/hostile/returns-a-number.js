@@ -1,0 +1,2 @@
+// expect: 500 invalid_response
+export default { fetch() { return 42; } };
