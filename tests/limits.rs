@@ -1,0 +1,106 @@
+//! Per-function limits from `tern.toml` `[limits]`, through the real binary: what is charged,
+//! what a kill answers and records, and what a function may opt into.
+
+mod support;
+
+use std::process::Command;
+
+use support::{Project, Tern, get};
+
+fn with_limits(name: &str, limits: &str, code: &str) -> Project {
+    Project::with_manifest(&format!("name = \"{name}\"\nmain = \"index.js\"\n[limits]\n{limits}\n"), &[("index.js", code)])
+}
+
+#[tokio::test]
+async fn waiting_for_a_slow_promise_is_not_charged_as_cpu_time() {
+    // 10 ms of CPU allowed, 300 ms of waiting: CPU is measured as CPU, not wall time.
+    let p = with_limits(
+        "patient",
+        "cpu_ms = 10",
+        "export default { async fetch() { await new Promise((r) => setTimeout(r, 300)); return new Response('waited'); } };",
+    );
+    let tern = Tern::dev(&[p.path()]);
+    let a = get(&tern, "patient.localhost", "/").await;
+    assert_eq!((a.status, a.text.as_str()), (200, "waited"));
+}
+
+#[tokio::test]
+async fn a_cpu_kill_answers_503_records_why_and_the_next_request_gets_a_fresh_isolate() {
+    let p = with_limits(
+        "spinner",
+        "cpu_ms = 20",
+        "export default { fetch(req) { if (new URL(req.url).searchParams.has('spin')) for (;;) {} return new Response('fine'); } };",
+    );
+    let tern = Tern::dev(&[p.path()]);
+    let killed = get(&tern, "spinner.localhost", "/?spin").await;
+    assert_eq!(killed.status, 503);
+    assert_eq!(killed.header("tern-error"), Some("cpu_limit_exceeded"));
+    assert!(killed.text.contains("20 ms"), "the answer names the limit: {}", killed.text);
+    let id = killed.header("tern-request-id").expect("request id").to_string();
+
+    let next = get(&tern, "spinner.localhost", "/").await;
+    assert_eq!((next.status, next.text.as_str()), (200, "fine"));
+
+    assert!(tern.wait_for_output("function killed").await);
+    let events = tern.log_events();
+    let record = events.iter().find(|e| e["target"] == "tern::kill").expect("a kill record");
+    assert_eq!(record["function"], "spinner");
+    assert_eq!(record["limit"], "cpu_limit_exceeded");
+    assert_eq!(record["phase"], "request");
+    assert_eq!(record["version"].as_str().map(str::len), Some(12));
+    assert!(record["cpu_ms"].as_f64().unwrap() >= 20.0, "CPU used is at least the limit: {record}");
+    assert!(record["heap_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(record["requests"].as_str(), Some(id.as_str()), "the record names the request");
+}
+
+#[tokio::test]
+async fn code_generation_is_refused_by_default_without_breaking_instanceof() {
+    let p = Project::new(
+        "strict",
+        &[(
+            "index.js",
+            r#"export default { fetch() {
+                const checks = {
+                  instanceofFunction: (() => {}) instanceof Function,
+                  asyncInstanceof: (async () => {}) instanceof Function,
+                  functionName: Function.name,
+                };
+                for (const [what, run] of [
+                  ["eval", () => eval("1")],
+                  ["Function", () => Function("return 1")],
+                  ["constructor", () => (() => {}).constructor("return 1")],
+                ]) {
+                  try { run(); checks[what] = "compiled"; } catch (e) { checks[what] = e.name; }
+                }
+                return Response.json(checks);
+              } };"#,
+        )],
+    );
+    let tern = Tern::dev(&[p.path()]);
+    let a = get(&tern, "strict.localhost", "/").await.json();
+    assert_eq!(a["instanceofFunction"], true);
+    assert_eq!(a["asyncInstanceof"], true);
+    assert_eq!(a["functionName"], "Function");
+    assert_eq!(a["eval"], "EvalError");
+    assert_eq!(a["Function"], "EvalError");
+    assert_eq!(a["constructor"], "EvalError");
+}
+
+#[tokio::test]
+async fn allow_eval_lets_a_function_compile_strings() {
+    let p = Project::with_manifest(
+        "name = \"lenient\"\nmain = \"index.js\"\nallow_eval = true\n",
+        &[("index.js", "export default { fetch() { return new Response(String(eval('6 * 7') + new Function('return 1')())); } };")],
+    );
+    let tern = Tern::dev(&[p.path()]);
+    assert_eq!(get(&tern, "lenient.localhost", "/").await.text, "43");
+}
+
+#[test]
+fn a_limit_out_of_range_is_refused_naming_the_key_and_the_range() {
+    let p = with_limits("greedy", "memory_mib = 100000", "export default { fetch() { return new Response('x'); } };");
+    let out = Command::new(env!("CARGO_BIN_EXE_tern")).args(["dev", "--port", "0"]).arg(p.path()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[limits] memory_mib = 100000 is out of range: it must be between 8 and 1024"), "{err}");
+}
