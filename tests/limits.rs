@@ -8,7 +8,10 @@ use std::process::Command;
 use support::{Project, Tern, get};
 
 fn with_limits(name: &str, limits: &str, code: &str) -> Project {
-    Project::with_manifest(&format!("name = \"{name}\"\nmain = \"index.js\"\n[limits]\n{limits}\n"), &[("index.js", code)])
+    Project::with_manifest(
+        &format!("name = \"{name}\"\nmain = \"index.js\"\n[limits]\n{limits}\n"),
+        &[("index.js", code)],
+    )
 }
 
 #[tokio::test]
@@ -90,7 +93,10 @@ async fn code_generation_is_refused_by_default_without_breaking_instanceof() {
 async fn allow_eval_lets_a_function_compile_strings() {
     let p = Project::with_manifest(
         "name = \"lenient\"\nmain = \"index.js\"\nallow_eval = true\n",
-        &[("index.js", "export default { fetch() { return new Response(String(eval('6 * 7') + new Function('return 1')())); } };")],
+        &[(
+            "index.js",
+            "export default { fetch() { return new Response(String(eval('6 * 7') + new Function('return 1')())); } };",
+        )],
     );
     let tern = Tern::dev(&[p.path()]);
     assert_eq!(get(&tern, "lenient.localhost", "/").await.text, "43");
@@ -103,4 +109,37 @@ fn a_limit_out_of_range_is_refused_naming_the_key_and_the_range() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("[limits] memory_mib = 100000 is out of range: it must be between 8 and 1024"), "{err}");
+}
+
+#[tokio::test]
+async fn the_admin_endpoint_counts_requests_errors_and_kills_in_prometheus_text() {
+    let p = with_limits(
+        "counted",
+        "cpu_ms = 20",
+        "export default { fetch(req) { if (new URL(req.url).searchParams.has('spin')) for (;;) {} return new Response('fine'); } };",
+    );
+    let tern = Tern::dev_with(&[p.path()], &["--admin-port", "0"]);
+    assert_eq!(get(&tern, "counted.localhost", "/").await.status, 200);
+    assert_eq!(get(&tern, "counted.localhost", "/?spin").await.status, 503);
+    let output = tern.output();
+    let admin = output
+        .lines()
+        .find_map(|l| l.strip_prefix("tern dev: metrics at http://")?.strip_suffix("/metrics"))
+        .expect("tern dev prints the admin address")
+        .to_string();
+    let request = http::Request::get(format!("http://{admin}/metrics")).body(support::empty()).unwrap();
+    let metrics = support::send(&support::http1(), request).await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.header("content-type").unwrap().starts_with("application/openmetrics-text"));
+    for line in [
+        "tern_requests_total 2",
+        "tern_errors_total{tern_error=\"cpu_limit_exceeded\"} 1",
+        "tern_kills_total{limit=\"cpu_limit_exceeded\"} 1",
+    ] {
+        assert!(metrics.text.lines().any(|l| l == line), "{line:?} missing from:\n{}", metrics.text);
+    }
+    // Gauges of the moment (the killed isolate's replacement may still be on its way).
+    for gauge in ["tern_isolates_live ", "tern_isolates_warm ", "tern_function_cpu_seconds_total "] {
+        assert!(metrics.text.lines().any(|l| l.starts_with(gauge)), "{gauge:?} missing from:\n{}", metrics.text);
+    }
 }

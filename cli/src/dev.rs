@@ -31,6 +31,8 @@ const RELOAD_DEBOUNCE: Duration = Duration::from_millis(100);
 const BOOT_PATIENCE: Duration = Duration::from_secs(60);
 /// How long `tern dev` waits, when it is stopped, for its server to finish answering.
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(2);
+/// Descriptor the admin listener has in the server process.
+const ADMIN_FD: i32 = 3;
 /// Pause before replacing a server process that died, so a crash loop cannot spin.
 const RESTART_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -42,6 +44,7 @@ pub struct DevOptions {
     pub log_format: &'static str,
     pub ca_certs: Vec<PathBuf>,
     pub header_read_timeout: Duration,
+    pub admin_port: Option<u16>,
 }
 
 struct Project {
@@ -66,7 +69,16 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(SocketAddr::new(options.addr, options.port))
         .with_context(|| format!("cannot listen on {}:{}", options.addr, options.port))?;
     let local = listener.local_addr()?;
-    let mut server = ServerProcess::start(&options, &listener).await?;
+    let admin = match options.admin_port {
+        Some(port) => {
+            let admin = std::net::TcpListener::bind(SocketAddr::new(options.addr, port))
+                .with_context(|| format!("cannot listen for the admin endpoint on port {port}"))?;
+            println!("tern dev: metrics at http://{}/metrics", admin.local_addr()?);
+            Some(admin)
+        }
+        None => None,
+    };
+    let mut server = ServerProcess::start(&options, &listener, admin.as_ref()).await?;
     // Watch before announcing: a change made right after "listening on" must not be missed.
     let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let _watcher = watch(&projects, changes_tx)?;
@@ -88,7 +100,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
                 let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                 eprintln!("tern dev: the server process stopped ({status}); starting a new one");
                 tokio::time::sleep(RESTART_BACKOFF).await;
-                server = ServerProcess::start(&options, &listener).await?;
+                server = ServerProcess::start(&options, &listener, admin.as_ref()).await?;
             }
             changed = changes.recv() => {
                 let Some(first) = changed else { break };
@@ -101,7 +113,7 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
                 if reloaded.is_empty() {
                     continue;
                 }
-                match ServerProcess::start(&options, &listener).await {
+                match ServerProcess::start(&options, &listener, admin.as_ref()).await {
                     Ok(next) => {
                         std::mem::replace(&mut server, next).drain();
                         for (name, version) in reloaded {
@@ -125,7 +137,12 @@ struct ServerProcess {
 
 impl ServerProcess {
     /// Starts a server for the projects on `listener` and waits until it is ready.
-    async fn start(options: &DevOptions, listener: &std::net::TcpListener) -> anyhow::Result<Self> {
+    /// The admin listener, if any, is handed over as descriptor [`ADMIN_FD`].
+    async fn start(
+        options: &DevOptions,
+        listener: &std::net::TcpListener,
+        admin: Option<&std::net::TcpListener>,
+    ) -> anyhow::Result<Self> {
         let socket = std::os::fd::OwnedFd::from(listener.try_clone()?);
         let mut command = Command::new(std::env::current_exe().context("cannot find the tern executable")?);
         command
@@ -139,7 +156,29 @@ impl ServerProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        let mut child = command.spawn().context("cannot start the server process")?;
+        if let Some(admin) = admin {
+            let admin = std::os::fd::OwnedFd::from(admin.try_clone()?);
+            command.arg(format!("--admin-fd={ADMIN_FD}"));
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&admin);
+            // SAFETY: dup2 is async-signal-safe; it places the admin socket at ADMIN_FD in the
+            // child (without close-on-exec); `admin` outlives the spawn.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::dup2(raw, ADMIN_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = command.spawn().context("cannot start the server process");
+            drop(admin);
+            return Self::wait_ready(child?).await;
+        }
+        Self::wait_ready(command.spawn().context("cannot start the server process")?).await
+    }
+
+    /// Waits until the started process says `ready`.
+    async fn wait_ready(mut child: Child) -> anyhow::Result<Self> {
         let stdout = child.stdout.take().expect("piped");
         let mut lines = BufReader::new(stdout).lines();
         let ready = tokio::time::timeout(BOOT_PATIENCE, async {

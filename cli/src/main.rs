@@ -67,6 +67,9 @@ enum Command {
         /// Time a client has to send a request's head (slowloris), e.g. `10s` or `500ms`.
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         header_read_timeout: Duration,
+        /// Serve the admin endpoint (`/metrics` in Prometheus text, `/healthz`) on this port.
+        #[arg(long, value_name = "PORT")]
+        admin_port: Option<u16>,
     },
     /// Internal: serve projects on the listening socket given as standard input (`tern dev`
     /// runs one such process per set of versions).
@@ -86,6 +89,9 @@ enum Command {
         ca_certs: Vec<PathBuf>,
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         header_read_timeout: Duration,
+        /// An inherited listening socket for the admin endpoint.
+        #[arg(long, value_name = "FD")]
+        admin_fd: Option<i32>,
     },
 }
 
@@ -133,7 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         LogFormat::Json => "json",
     };
     match cli.command {
-        Command::Dev { paths, port, ip, http_threads, ca_certs, header_read_timeout } => {
+        Command::Dev { paths, port, ip, http_threads, ca_certs, header_read_timeout, admin_port } => {
             let http_threads =
                 http_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             rt.block_on(dev::run(dev::DevOptions {
@@ -144,9 +150,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 log_format,
                 ca_certs,
                 header_read_timeout,
+                admin_port,
             }))
         }
-        Command::Serve { paths, http_threads, warm_pool, any_host, ca_certs, header_read_timeout } => {
+        Command::Serve { paths, http_threads, warm_pool, any_host, ca_certs, header_read_timeout, admin_fd } => {
             let limits = tern_edge_node::ServerLimits { header_read_timeout, ..Default::default() };
             // HTTP is served on this runtime's threads; isolates run on threads of their own.
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -154,7 +161,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .thread_name("tern-http")
                 .enable_all()
                 .build()?;
-            rt.block_on(serve::run(serve::ServeOptions { paths, ca_certs, warm_pool, fallback: any_host, limits }))
+            rt.block_on(serve::run(serve::ServeOptions {
+                paths,
+                ca_certs,
+                warm_pool,
+                fallback: any_host,
+                limits,
+                admin_fd,
+            }))
         }
     }
 }

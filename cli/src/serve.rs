@@ -35,6 +35,8 @@ pub struct ServeOptions {
     /// Serve the only project whatever the Host.
     pub fallback: bool,
     pub limits: ServerLimits,
+    /// Listening socket inherited for the admin endpoint.
+    pub admin_fd: Option<i32>,
 }
 
 pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
@@ -63,6 +65,14 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     ));
     node.set_routes(RouteTable::new(bundles, fallback.as_deref())).await;
     let serving = tern_edge_node::server::listen_on(&node, listener).context("cannot serve the inherited socket")?;
+    if let Some(fd) = options.admin_fd {
+        // SAFETY: `tern dev` placed a listening socket at this descriptor for this process.
+        let admin = unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        admin.set_nonblocking(true)?;
+        let admin =
+            tokio::net::TcpListener::from_std(admin).context("the admin descriptor is not a listening socket")?;
+        tokio::spawn(tern_edge_node::metrics::serve_admin(node.metrics().clone(), admin));
+    }
     println!("ready");
     std::io::stdout().flush()?;
 

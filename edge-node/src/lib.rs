@@ -1,7 +1,8 @@
 //! Tern's edge node: serves HTTP, picks the function for each request and hands it to the
 //! isolate runtime.
 //!
-//! Owns the listener ([`server`]) and its limits ([`limits`]), the pure route lookup ([`routing`]), the node's state
+//! Owns the listener ([`server`]) and its limits ([`limits`]), the per-exchange limits
+//! ([`guard`]), metrics and the admin endpoint ([`metrics`]), the pure route lookup ([`routing`]), the node's state
 //! ([`node`]) and the mapping of every failure to a status and `tern-error` code
 //! ([`errors`]). It does not run JavaScript itself (that is `tern-runtime`) and does not
 //! read projects from disk (that is the CLI).
@@ -9,6 +10,7 @@
 pub mod errors;
 pub mod guard;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod routing;
 pub mod server;

@@ -11,11 +11,13 @@ use tern_runtime::Isolates;
 
 use crate::errors::ErrorDetail;
 use crate::limits::ServerLimits;
+use crate::metrics::NodeMetrics;
 use crate::routing::RouteTable;
 
 pub struct EdgeNode {
     routes: RwLock<Arc<RouteTable>>,
     isolates: Isolates,
+    metrics: Arc<NodeMetrics>,
     next_request: AtomicU64,
     error_detail: ErrorDetail,
     limits: ServerLimits,
@@ -26,6 +28,7 @@ impl EdgeNode {
     pub fn new(isolates: Isolates, error_detail: ErrorDetail, limits: ServerLimits) -> Self {
         Self {
             routes: RwLock::new(Arc::new(RouteTable::default())),
+            metrics: Arc::new(NodeMetrics::new(isolates.stats())),
             isolates,
             next_request: AtomicU64::new(request_id_base()),
             error_detail,
@@ -55,6 +58,10 @@ impl EdgeNode {
 
     pub fn isolates(&self) -> &Isolates {
         &self.isolates
+    }
+
+    pub fn metrics(&self) -> &Arc<NodeMetrics> {
+        &self.metrics
     }
 
     /// A fresh id for a request arriving now.

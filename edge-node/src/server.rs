@@ -127,6 +127,7 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
 
 async fn handle(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr) -> Response<NodeBody> {
     let id = node.next_request_id();
+    node.metrics().requests.inc();
     let mut response = exchange(node, req, remote, id).await;
     if let Ok(value) = http::HeaderValue::from_str(&id.to_string()) {
         response.headers_mut().insert(TERN_REQUEST_ID, value);
@@ -230,5 +231,6 @@ fn record_wall_time_kill(node: &EdgeNode, function: &str, version: &str, id: Req
 }
 
 fn error(node: &EdgeNode, e: NodeError) -> Response<NodeBody> {
+    node.metrics().count_error(e.code());
     e.into_response(node.error_detail()).map(|b| http_body_util::Full::new(b).map_err(|never| match never {}).boxed())
 }

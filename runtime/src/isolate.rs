@@ -124,9 +124,9 @@ impl WarmIsolate {
         }
         tracing::debug!(function = %function.identity.name, version = %function.identity.version,
             elapsed = ?started.elapsed(), "function ready");
-        stats.live_isolates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.live_isolates.inc();
         let ending = function.serve(&mut js).await;
-        stats.live_isolates.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        stats.live_isolates.dec();
         drop(js);
         match ending {
             None => Ending::Finished,

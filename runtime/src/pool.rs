@@ -13,9 +13,13 @@
 //! for evaluating its modules; with the pool empty (or for a function whose memory limit
 //! differs from the pool's) an isolate is booted on demand. A new version replaces the
 //! slot atomically: requests already inside the old isolate finish there.
+//!
+//! Isolates are evicted (moka) after [`IsolateConfig::idle_ttl`] without a request, and,
+//! least recently used first, when their estimated footprint passes
+//! [`IsolateConfig::memory_budget`]. An evicted function's isolate finishes what it holds
+//! and stops; its next request takes a new one.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +36,11 @@ use crate::stats::RuntimeStats;
 const REBOOT_BACKOFF: Duration = Duration::from_millis(50);
 /// Pause before retrying when the warm pool cannot boot an isolate at all.
 const BOOT_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+/// How often idle isolates are looked for.
+const EVICTION_TICK: Duration = Duration::from_millis(500);
+/// Memory an idle isolate with the Web API extensions holds, as measured by
+/// `benches/cold_start.rs`; the weight of one isolate against the memory budget.
+pub const ISOLATE_FOOTPRINT_BYTES: u64 = 12 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct IsolateConfig {
@@ -40,11 +49,21 @@ pub struct IsolateConfig {
     pub warm_pool: usize,
     /// Memory limit the pool's isolates are booted with (the default of `[limits]`).
     pub pool_memory_limit: u64,
+    /// An isolate without requests for this long is evicted.
+    pub idle_ttl: Duration,
+    /// Isolates are evicted, least recently used first, beyond this estimated memory.
+    pub memory_budget: u64,
 }
 
 impl Default for IsolateConfig {
     fn default() -> Self {
-        Self { egress: Egress::default(), warm_pool: 2, pool_memory_limit: Limits::default().memory_bytes }
+        Self {
+            egress: Egress::default(),
+            warm_pool: 2,
+            pool_memory_limit: Limits::default().memory_bytes,
+            idle_ttl: Duration::from_secs(300),
+            memory_budget: 4 << 30,
+        }
     }
 }
 
@@ -57,6 +76,8 @@ pub struct Isolates {
 struct Shared {
     config: IsolateConfig,
     slots: Mutex<HashMap<String, Slot>>,
+    /// Which functions have an isolate, by recency; evicting an entry retires the isolate.
+    resident: moka::sync::Cache<String, BundleId>,
     warm: Mutex<VecDeque<oneshot::Sender<Binding>>>,
     refill: Mutex<std::sync::mpsc::Sender<()>>,
     stats: RuntimeStats,
@@ -83,12 +104,29 @@ impl Isolates {
     /// Starts the warm pool's spawner; isolates come and go with their functions.
     pub fn start(config: IsolateConfig) -> Result<Self, StartError> {
         let (refill, wanted) = std::sync::mpsc::channel();
-        let shared = Arc::new(Shared {
-            config,
-            slots: Mutex::new(HashMap::new()),
-            warm: Mutex::new(VecDeque::new()),
-            refill: Mutex::new(refill),
-            stats: RuntimeStats::default(),
+        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
+            let weak = weak.clone();
+            let resident = moka::sync::Cache::builder()
+                .time_to_idle(config.idle_ttl)
+                .weigher(|_: &String, _: &BundleId| (ISOLATE_FOOTPRINT_BYTES >> 10) as u32)
+                .max_capacity(config.memory_budget >> 10)
+                .eviction_listener(move |name: Arc<String>, version: BundleId, cause| {
+                    if cause == moka::notification::RemovalCause::Replaced {
+                        return;
+                    }
+                    if let Some(shared) = weak.upgrade() {
+                        shared.retire(&name, version, cause);
+                    }
+                })
+                .build();
+            Shared {
+                config,
+                slots: Mutex::new(HashMap::new()),
+                resident,
+                warm: Mutex::new(VecDeque::new()),
+                refill: Mutex::new(refill),
+                stats: RuntimeStats::default(),
+            }
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new().name("tern-spawner".into()).spawn(move || spawner(weak, wanted))?;
@@ -112,6 +150,7 @@ impl Isolates {
             let (tx, rx) = mpsc::unbounded_channel();
             slots.insert(bundle.name().to_string(), Slot { version: bundle.id(), inbox: tx });
             drop(slots);
+            self.shared.resident.insert(bundle.name().to_string(), bundle.id());
             self.shared.bind(Binding { bundle, inbox: rx, booted: Some(booted) });
         }
         let _ = done.await;
@@ -122,7 +161,12 @@ impl Isolates {
         let mut slots = lock(&self.shared.slots);
         let exchange = match slots.get(bundle.name()) {
             Some(slot) if slot.version == bundle.id() => match slot.inbox.send(exchange) {
-                Ok(()) => return,
+                Ok(()) => {
+                    drop(slots);
+                    // Never while holding `slots`: an eviction may run here and take it.
+                    self.shared.resident.get(bundle.name());
+                    return;
+                }
                 Err(mpsc::error::SendError(exchange)) => exchange,
             },
             _ => exchange,
@@ -131,6 +175,7 @@ impl Isolates {
         let _ = tx.send(exchange);
         slots.insert(bundle.name().to_string(), Slot { version: bundle.id(), inbox: tx });
         drop(slots);
+        self.shared.resident.insert(bundle.name().to_string(), bundle.id());
         self.shared.bind(Binding { bundle, inbox: rx, booted: None });
     }
 }
@@ -140,6 +185,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Retires the isolate of `name` if it still runs `version`: it finishes its requests
+    /// and stops.
+    fn retire(&self, name: &str, version: BundleId, cause: moka::notification::RemovalCause) {
+        let mut slots = lock(&self.slots);
+        if slots.get(name).is_some_and(|s| s.version == version) {
+            slots.remove(name);
+            self.stats.evictions.inc();
+            tracing::debug!(function = name, version = %version.short(), ?cause, "isolate evicted");
+        }
+    }
+
     fn ask_refill(&self) {
         let _ = lock(&self.refill).send(());
     }
@@ -150,7 +206,7 @@ impl Shared {
         if binding.bundle.manifest.limits.memory_bytes == self.config.pool_memory_limit {
             loop {
                 let Some(warm) = lock(&self.warm).pop_front() else { break };
-                self.stats.warm_isolates.fetch_sub(1, Ordering::Relaxed);
+                self.stats.warm_isolates.dec();
                 match warm.send(binding) {
                     Ok(()) => {
                         self.ask_refill();
@@ -160,7 +216,7 @@ impl Shared {
                 }
             }
         }
-        self.stats.cold_boots.fetch_add(1, Ordering::Relaxed);
+        self.stats.cold_boots.inc();
         self.ask_refill();
         let shared = self.clone();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -183,8 +239,16 @@ enum Start {
 
 /// Keeps the warm pool full, one boot at a time, until the node's handle is gone.
 fn spawner(shared: std::sync::Weak<Shared>, wanted: std::sync::mpsc::Receiver<()>) {
-    while wanted.recv().is_ok() {
+    loop {
+        match wanted.recv_timeout(EVICTION_TICK) {
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        }
         while wanted.try_recv().is_ok() {}
+        match shared.upgrade() {
+            Some(shared) => shared.resident.run_pending_tasks(),
+            None => return,
+        }
         loop {
             let Some(shared) = shared.upgrade() else { return };
             if lock(&shared.warm).len() >= shared.config.warm_pool {
@@ -219,13 +283,13 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
         };
         let booted = WarmIsolate::boot(&shared.config.egress, memory_limit);
         if booted.is_ok() {
-            shared.stats.boots.fetch_add(1, Ordering::Relaxed);
+            shared.stats.boots.inc();
         }
         let (isolate, binding) = match (start, booted) {
             (Start::Warm { ready }, Ok(isolate)) => {
                 let (tx, rx) = oneshot::channel();
                 lock(&shared.warm).push_back(tx);
-                shared.stats.warm_isolates.fetch_add(1, Ordering::Relaxed);
+                shared.stats.warm_isolates.inc();
                 let _ = ready.send(true);
                 let Ok(binding) = rx.await else { return };
                 (isolate, binding)
@@ -252,7 +316,7 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
             tracing::error!(target: "tern::kill", function = %name, version = %version.short(),
                 "isolate stuck after termination: its thread is quarantined and the function moves to a fresh isolate");
             if let Some(shared) = weak.upgrade() {
-                shared.stats.stuck_isolates.fetch_add(1, Ordering::Relaxed);
+                shared.stats.stuck_isolates.inc();
                 let mut slots = lock(&shared.slots);
                 if slots.get(&name).is_some_and(|s| s.version == version) {
                     slots.remove(&name);

@@ -1,0 +1,147 @@
+//! Cold start of functions new to a node, through `Isolates` (no HTTP): the request-path
+//! cold start with the warm pool not empty and with it empty, isolate boot, memory per idle
+//! isolate and isolates per GiB.
+//!
+//!     cargo bench -p tern-runtime --bench cold_start [-- FUNCTIONS]
+//!
+//! Each of FUNCTIONS (default 1,000) distinct functions gets one request; the time from
+//! dispatch to its response is its cold start. "Pool warm" waits, before each function,
+//! until the pool holds a booted isolate (the pool refills in the background); "pool empty"
+//! runs with no pool, so every function boots on its request's path. Old functions are
+//! evicted by the memory budget as the node would. Budgets from PERFORMANCE.md: request-path
+//! cold start p50 <= 1 ms, p99 <= 5 ms with the pool not empty.
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use tern_js_api::egress::Egress;
+use tern_js_api::exchange::{Exchange, Reply, RequestId};
+use tern_proto::{Bundle, Manifest};
+use tern_runtime::isolate::WarmIsolate;
+use tern_runtime::{IsolateConfig, Isolates};
+
+fn function(i: usize) -> Arc<Bundle> {
+    let manifest = Manifest::for_single_file(&format!("fn-{i}"), "index.js").expect("name");
+    let code = format!(
+        "const greeting = 'hello from function {i}';\n\
+         export default {{ fetch(req) {{ return new Response(greeting, {{ headers: {{ 'x-fn': '{i}' }} }}); }} }};"
+    );
+    Arc::new(Bundle::new(manifest, [("index.js".to_string(), code.into_bytes())]).expect("bundle"))
+}
+
+async fn request(isolates: &Isolates, bundle: Arc<Bundle>, i: usize) -> Duration {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let body = http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync();
+    let exchange =
+        Exchange { id: RequestId(i as u64), request: http::Request::new(body), url: "http://bench/".into(), reply };
+    let start = Instant::now();
+    isolates.dispatch(bundle, exchange);
+    match answer.await {
+        Ok(Reply::Response(_)) => start.elapsed(),
+        Ok(Reply::Failed(f)) => panic!("function {i} failed: {}", f.detail),
+        Err(_) => panic!("function {i}: no answer"),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report(what: &str, mut samples: Vec<Duration>, budget: &str) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{what:<34} n={:<5} p50 {:>8.3} ms  p99 {:>8.3} ms  max {:>8.3} ms   {budget}",
+        samples.len(),
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99)),
+        ms(*samples.last().unwrap()),
+    );
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+fn main() {
+    let functions: usize =
+        std::env::args().skip(1).filter(|a| a != "--bench").find_map(|a| a.parse().ok()).unwrap_or(1000);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    println!("cold start, {functions} distinct functions, quickjs engine");
+
+    // Isolate boot alone, each on a fresh thread as the pool does it.
+    let boots: Vec<Duration> = (0..20)
+        .map(|_| {
+            std::thread::spawn(|| {
+                let start = Instant::now();
+                let isolate = WarmIsolate::boot(&Egress::default(), 128 << 20).expect("boot");
+                let took = start.elapsed();
+                drop(isolate);
+                took
+            })
+            .join()
+            .expect("boot thread")
+        })
+        .collect();
+    report("isolate boot (off the request path)", boots, "");
+
+    // Pool warm: before each function, wait until the pool has a booted isolate.
+    let budget = 64 * tern_runtime::pool::ISOLATE_FOOTPRINT_BYTES;
+    let warm = Isolates::start(IsolateConfig { warm_pool: 2, memory_budget: budget, ..IsolateConfig::default() })
+        .expect("isolates");
+    let mut samples = Vec::with_capacity(functions);
+    rt.block_on(async {
+        for i in 0..functions {
+            let ready = Instant::now();
+            while warm.stats().warm_isolates.get() == 0 && ready.elapsed() < Duration::from_secs(10) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            samples.push(request(&warm, function(i), i).await);
+        }
+    });
+    let cold_boots = warm.stats().cold_boots.get();
+    report("request-path cold start, pool warm", samples, "budget p50 <= 1 ms, p99 <= 5 ms");
+    println!("  (isolates booted on the request path anyway: {cold_boots}; evicted: {})", warm.stats().evictions.get());
+    drop(warm);
+
+    // Pool empty: every function boots on its request's path.
+    let empty = Isolates::start(IsolateConfig { warm_pool: 0, memory_budget: budget, ..IsolateConfig::default() })
+        .expect("isolates");
+    let n = functions.min(200);
+    let samples: Vec<Duration> = rt.block_on(async {
+        let mut s = Vec::with_capacity(n);
+        for i in 0..n {
+            s.push(request(&empty, function(100_000 + i), i).await);
+        }
+        s
+    });
+    report("request-path cold start, pool empty", samples, "(reported, no budget)");
+    drop(empty);
+
+    // Memory per idle isolate: RSS growth with K functions alive and idle.
+    let k = 50;
+    let idle = Isolates::start(IsolateConfig { warm_pool: 0, ..IsolateConfig::default() }).expect("isolates");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_bytes();
+    rt.block_on(async {
+        for i in 0..k {
+            request(&idle, function(200_000 + i), i).await;
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let per = (rss_bytes().saturating_sub(before)) as f64 / k as f64;
+    println!(
+        "memory per idle isolate            {:.1} MiB (RSS growth over {k} idle functions); isolates per GiB: {:.0}",
+        per / (1 << 20) as f64,
+        (1u64 << 30) as f64 / per
+    );
+}
