@@ -82,7 +82,8 @@ fn main() {
         .map(|_| {
             std::thread::spawn(|| {
                 let start = Instant::now();
-                let isolate = WarmIsolate::boot(&Egress::default(), 128 << 20).expect("boot");
+                let isolate =
+                    WarmIsolate::boot(&Egress::default(), IsolateConfig::default().pool_shape()).expect("boot");
                 let took = start.elapsed();
                 drop(isolate);
                 took

@@ -54,6 +54,22 @@ pub enum Ending {
     Died(mpsc::UnboundedReceiver<Exchange>),
 }
 
+/// What an isolate is fixed to at boot, so a function can only take an isolate of its own
+/// shape from the warm pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Bytes for the heap and ArrayBuffers (`limits.memory_mib`).
+    pub memory_limit: u64,
+    /// Whether code generation from strings stays possible (`allow_eval`).
+    pub allow_eval: bool,
+}
+
+impl Shape {
+    pub fn of(bundle: &Bundle) -> Self {
+        Self { memory_limit: bundle.manifest.limits.memory_bytes, allow_eval: bundle.manifest.allow_eval }
+    }
+}
+
 /// A booted isolate that has run no function code yet.
 pub struct WarmIsolate {
     js: JsRuntime,
@@ -63,10 +79,10 @@ pub struct WarmIsolate {
 }
 
 impl WarmIsolate {
-    /// Boots an isolate (deno_core plus the Web API extensions) on the calling thread, with
-    /// `memory_limit` bytes for its heap and ArrayBuffers.
-    pub fn boot(egress: &Egress, memory_limit: u64) -> Result<Self, String> {
-        let memory = MemoryMeter::new(usize::try_from(memory_limit).unwrap_or(usize::MAX));
+    /// Boots an isolate (deno_core plus the Web API extensions) of `shape` on the calling
+    /// thread.
+    pub fn boot(egress: &Egress, shape: Shape) -> Result<Self, String> {
+        let memory = MemoryMeter::new(usize::try_from(shape.memory_limit).unwrap_or(usize::MAX));
         let loader = Rc::new(BundleModuleLoader::default());
         let mut js = JsRuntime::try_new(RuntimeOptions {
             extensions: tern_js_api::extensions(egress),
@@ -82,6 +98,12 @@ impl WarmIsolate {
             on_heap_limit.trip(Breach::Memory);
             current
         });
+        if !shape.allow_eval {
+            // Not the engine's own switch: on quickjs it only swaps the global `eval` and
+            // `Function` (so `.constructor` still compiles, and `instanceof Function` throws).
+            js.execute_script("ext:tern/refuse_codegen.js", tern_js_api::REFUSE_CODE_GENERATION)
+                .map_err(|e| format!("could not lock code generation: {e}"))?;
+        }
         watchdog::watch(&tripwire);
         Ok(Self { js, loader, tripwire, memory })
     }
@@ -246,12 +268,6 @@ impl Function<'_> {
             state.put(InFlight::default());
             state.put(FunctionEnv::from_vars(&bundle.manifest.vars));
             state.put::<Rc<dyn ModuleBytes>>(Rc::new(BundleFiles(bundle.clone())));
-        }
-        if !bundle.manifest.allow_eval {
-            // Not the engine's own switch: on quickjs it only swaps the global `eval` and
-            // `Function` (so `.constructor` still compiles, and `instanceof Function` throws).
-            js.execute_script("ext:tern/refuse_codegen.js", tern_js_api::REFUSE_CODE_GENERATION)
-                .map_err(|e| load_failed(format!("could not lock code generation: {e}")))?;
         }
         let main = BundleModuleLoader::main_specifier(bundle);
         let module_id = match self.startup(js.load_main_es_module(&main)).await {

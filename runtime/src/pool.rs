@@ -10,8 +10,9 @@
 //! Boot (deno_core plus the Web API extensions, tens of milliseconds) happens off the
 //! request path: a spawner thread keeps [`IsolateConfig::warm_pool`] booted, never-used
 //! isolates waiting, one boot at a time. A function new to the node takes one and pays only
-//! for evaluating its modules; with the pool empty (or for a function whose memory limit
-//! differs from the pool's) an isolate is booted on demand. A new version replaces the
+//! for evaluating its modules; with the pool empty (or for a function whose isolate
+//! [`Shape`] differs from the pool's: another memory limit, or `allow_eval`) an isolate is
+//! booted on demand. A new version replaces the
 //! slot atomically: requests already inside the old isolate finish there.
 //!
 //! Isolates are evicted (moka) after [`IsolateConfig::idle_ttl`] without a request, and,
@@ -28,7 +29,7 @@ use tern_js_api::exchange::{Exchange, Failure, FailureKind, Reply};
 use tern_proto::{Bundle, BundleId, Limits};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::isolate::{Ending, WarmIsolate};
+use crate::isolate::{Ending, Shape, WarmIsolate};
 use crate::stats::RuntimeStats;
 
 /// Pause before a killed or crashed function gets its next isolate, so a function that
@@ -53,6 +54,13 @@ pub struct IsolateConfig {
     pub idle_ttl: Duration,
     /// Isolates are evicted, least recently used first, beyond this estimated memory.
     pub memory_budget: u64,
+}
+
+impl IsolateConfig {
+    /// The shape of the warm pool's isolates: the default memory limit, no `eval`.
+    pub fn pool_shape(&self) -> Shape {
+        Shape { memory_limit: self.pool_memory_limit, allow_eval: false }
+    }
 }
 
 impl Default for IsolateConfig {
@@ -203,7 +211,7 @@ impl Shared {
     /// Gives `binding` to a warm isolate, or boots one for it.
     fn bind(self: &Arc<Self>, mut binding: Binding) {
         tracing::info!(function = binding.bundle.name(), version = %binding.bundle.id().short(), "starting isolate");
-        if binding.bundle.manifest.limits.memory_bytes == self.config.pool_memory_limit {
+        if Shape::of(&binding.bundle) == self.config.pool_shape() {
             loop {
                 let Some(warm) = lock(&self.warm).pop_front() else { break };
                 self.stats.warm_isolates.dec();
@@ -277,11 +285,11 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let memory_limit = match &start {
-            Start::Warm { .. } => shared.config.pool_memory_limit,
-            Start::Cold(binding) => binding.bundle.manifest.limits.memory_bytes,
+        let shape = match &start {
+            Start::Warm { .. } => shared.config.pool_shape(),
+            Start::Cold(binding) => Shape::of(&binding.bundle),
         };
-        let booted = WarmIsolate::boot(&shared.config.egress, memory_limit);
+        let booted = WarmIsolate::boot(&shared.config.egress, shape);
         if booted.is_ok() {
             shared.stats.boots.inc();
         }
