@@ -191,7 +191,8 @@ async fn proxy_forwards_to_its_upstream_with_fetch() {
         let text = text.replace("https://example.com", &format!("http://{upstream}"));
         std::fs::write(dir.path().join(file), text).unwrap();
     }
-    let tern = Tern::dev(&[dir.path()]);
+    // The upstream is on loopback, which functions reach only with --allow-loopback.
+    let tern = Tern::dev_with(&[dir.path()], &["--allow-loopback"]);
     let a = send(&http1(), tern.request("POST", "proxy.localhost", "/a/b?c=d").body(body("payload")).unwrap()).await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!((a.header("x-upstream"), a.header("x-proxied-by")), (Some("yes"), Some("tern")));
@@ -211,7 +212,7 @@ async fn proxy_reports_an_unreachable_upstream() {
         std::fs::write(dir.path().join(file), text.replace("https://example.com", &format!("http://{closed}")))
             .unwrap();
     }
-    let tern = Tern::dev(&[dir.path()]);
+    let tern = Tern::dev_with(&[dir.path()], &["--allow-loopback"]);
     let a = get(&tern, "proxy.localhost", "/").await;
     assert_eq!(a.status, 502);
     assert!(a.text.contains("unreachable"), "{}", a.text);

@@ -84,7 +84,8 @@ async fn fetch_speaks_https_to_a_trusted_upstream() {
     std::fs::write(ca.path(), &upstream.ca_pem).unwrap();
     let project = fetcher(&upstream.url);
     let ca_arg = ca.path().to_str().unwrap().to_string();
-    let tern = Tern::dev_with(&[project.path()], &["--ca-cert", &ca_arg]);
+    // The upstream is on loopback, which functions reach only with --allow-loopback.
+    let tern = Tern::dev_with(&[project.path()], &["--ca-cert", &ca_arg, "--allow-loopback"]);
     let a = get(&tern, "x", "/").await;
     assert_eq!((a.status, a.text.as_str()), (200, "200 secure hello"));
 }
@@ -93,7 +94,7 @@ async fn fetch_speaks_https_to_a_trusted_upstream() {
 async fn fetch_refuses_an_upstream_whose_certificate_it_cannot_verify() {
     let upstream = https_upstream().await;
     let project = fetcher(&upstream.url);
-    let tern = Tern::dev(&[project.path()]);
+    let tern = Tern::dev_with(&[project.path()], &["--allow-loopback"]);
     let a = get(&tern, "x", "/").await;
     assert_eq!(a.status, 502, "{}", a.text);
     assert!(a.text.to_lowercase().contains("certificate"), "the reason names the certificate: {}", a.text);

@@ -45,6 +45,7 @@ pub struct DevOptions {
     pub ca_certs: Vec<PathBuf>,
     pub header_read_timeout: Duration,
     pub admin_port: Option<u16>,
+    pub allow_loopback: bool,
 }
 
 struct Project {
@@ -149,6 +150,7 @@ impl ServerProcess {
             .args(["--log-format", options.log_format, "serve", "--http-threads"])
             .arg(options.http_threads.to_string())
             .args(if options.paths.len() == 1 { &["--any-host"][..] } else { &[] })
+            .args(if options.allow_loopback { &["--allow-loopback"][..] } else { &[] })
             .args(options.ca_certs.iter().flat_map(|c| [std::ffi::OsStr::new("--ca-cert"), c.as_os_str()]))
             .arg(format!("--header-read-timeout={}ms", options.header_read_timeout.as_millis()))
             .args(&options.paths)

@@ -70,6 +70,11 @@ enum Command {
         /// Serve the admin endpoint (`/metrics` in Prometheus text, `/healthz`) on this port.
         #[arg(long, value_name = "PORT")]
         admin_port: Option<u16>,
+        /// Let functions' outbound fetch reach loopback addresses (127.0.0.0/8, ::1), for
+        /// local development against services on this machine. Other private ranges stay
+        /// refused.
+        #[arg(long)]
+        allow_loopback: bool,
     },
     /// Internal: serve projects on the listening socket given as standard input (`tern dev`
     /// runs one such process per set of versions).
@@ -92,6 +97,8 @@ enum Command {
         /// An inherited listening socket for the admin endpoint.
         #[arg(long, value_name = "FD")]
         admin_fd: Option<i32>,
+        #[arg(long)]
+        allow_loopback: bool,
     },
 }
 
@@ -139,7 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         LogFormat::Json => "json",
     };
     match cli.command {
-        Command::Dev { paths, port, ip, http_threads, ca_certs, header_read_timeout, admin_port } => {
+        Command::Dev { paths, port, ip, http_threads, ca_certs, header_read_timeout, admin_port, allow_loopback } => {
             let http_threads =
                 http_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             rt.block_on(dev::run(dev::DevOptions {
@@ -151,9 +158,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ca_certs,
                 header_read_timeout,
                 admin_port,
+                allow_loopback,
             }))
         }
-        Command::Serve { paths, http_threads, warm_pool, any_host, ca_certs, header_read_timeout, admin_fd } => {
+        Command::Serve {
+            paths,
+            http_threads,
+            warm_pool,
+            any_host,
+            ca_certs,
+            header_read_timeout,
+            admin_fd,
+            allow_loopback,
+        } => {
             let limits = tern_edge_node::ServerLimits { header_read_timeout, ..Default::default() };
             // HTTP is served on this runtime's threads; isolates run on threads of their own.
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -168,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fallback: any_host,
                 limits,
                 admin_fd,
+                allow_loopback,
             }))
         }
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tern_edge_node::{EdgeNode, ErrorDetail, RouteTable, ServerLimits};
-use tern_js_api::egress::{Egress, TrustedRoots};
+use tern_js_api::egress::{Egress, EgressPolicy, TrustedRoots};
 use tern_runtime::{IsolateConfig, Isolates};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -37,6 +37,8 @@ pub struct ServeOptions {
     pub limits: ServerLimits,
     /// Listening socket inherited for the admin endpoint.
     pub admin_fd: Option<i32>,
+    /// Outbound fetch may reach loopback addresses.
+    pub allow_loopback: bool,
 }
 
 pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
@@ -57,7 +59,13 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         bundles.push(Arc::new(project::load(path)?));
     }
     let fallback = options.fallback.then(|| bundles[0].name().to_string());
-    let egress = Egress { roots: trusted_roots(&options.ca_certs)?, ..Egress::default() };
+    let policy = if options.allow_loopback {
+        let loopback = ["127.0.0.0/8", "::1/128"].map(|r| r.parse().expect("valid range"));
+        EgressPolicy::PublicOnly.also_allowing(&loopback)
+    } else {
+        EgressPolicy::PublicOnly
+    };
+    let egress = Egress { policy, roots: trusted_roots(&options.ca_certs)? };
     let node = Arc::new(EdgeNode::new(
         Isolates::start(IsolateConfig { egress, warm_pool: options.warm_pool, ..IsolateConfig::default() })?,
         ErrorDetail::Expose,

@@ -19,6 +19,9 @@ pub enum NodeError {
     /// The function answered with a complete body larger than `limits.response_body_mib`
     /// (a streamed one is cut where it passes the limit instead).
     ResponseBodyTooLarge { function: String, limit: u64 },
+    /// The request passed through Tern nodes more than `MAX_HOPS` times: functions
+    /// fetching each other (or themselves) in a loop.
+    LoopDetected { function: String, hops: u32 },
 }
 
 /// Whether failure details (stacks, compile errors) go into response bodies: yes for
@@ -45,6 +48,7 @@ impl NodeError {
             },
             Self::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ResponseBodyTooLarge { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::LoopDetected { .. } => StatusCode::LOOP_DETECTED,
         }
     }
 
@@ -54,6 +58,7 @@ impl NodeError {
             Self::Function { failure, .. } => failure.kind.code(),
             Self::RequestBodyTooLarge { .. } => "request_body_too_large",
             Self::ResponseBodyTooLarge { .. } => "response_body_too_large",
+            Self::LoopDetected { .. } => "loop_detected",
         }
     }
 
@@ -63,6 +68,11 @@ impl NodeError {
             Self::RequestBodyTooLarge { function, limit } => format!(
                 "the request body is larger than function {function:?} accepts ({} MiB, limits.request_body_mib)\n",
                 limit / (1024 * 1024)
+            ),
+            Self::LoopDetected { function, hops } => format!(
+                "request for function {function:?} refused: it has passed through Tern {hops} times (tern-hops), \
+                 more than {}; functions are fetching each other in a loop\n",
+                tern_js_api::egress::MAX_HOPS
             ),
             Self::ResponseBodyTooLarge { function, limit } => format!(
                 "function {function:?} answered with a body larger than its limit ({} MiB, limits.response_body_mib)\n",
@@ -134,6 +144,7 @@ mod tests {
             (f(FailureKind::WallTimeExceeded), 503, "wall_time_exceeded"),
             (NodeError::RequestBodyTooLarge { function: "f".into(), limit: 1 << 20 }, 413, "request_body_too_large"),
             (NodeError::ResponseBodyTooLarge { function: "f".into(), limit: 1 << 20 }, 500, "response_body_too_large"),
+            (NodeError::LoopDetected { function: "f".into(), hops: 17 }, 508, "loop_detected"),
         ];
         for (error, status, code) in cases {
             let response = error.into_response(ErrorDetail::Hide);

@@ -154,6 +154,15 @@ async fn exchange(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr, i
     let url = format!("http://{authority}{path_and_query}");
     let limits = bundle.manifest.limits;
     let function = bundle.name().to_string();
+    let hops = req
+        .headers()
+        .get(tern_js_api::egress::HOPS_HEADER)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    if hops > tern_js_api::egress::MAX_HOPS {
+        tracing::warn!(%function, request = %id, hops, "request refused: it went through Tern too many times (a loop?)");
+        return error(node, NodeError::LoopDetected { function, hops });
+    }
     let declared = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limits.request_body_bytes) {
         return error(node, NodeError::RequestBodyTooLarge { function, limit: limits.request_body_bytes });
@@ -174,7 +183,7 @@ async fn exchange(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr, i
     });
     tracing::trace!(%remote, %function, %url, "dispatch");
     let version = bundle.id().short();
-    node.isolates().dispatch(bundle, Exchange { id, request, url, reply });
+    node.isolates().dispatch(bundle, Exchange { id, hops, request, url, reply });
     let answer = match tokio::time::timeout_at(deadline, answer).await {
         Ok(answer) => answer,
         Err(_) => {

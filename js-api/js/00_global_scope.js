@@ -2,7 +2,7 @@
 // extension crates, plus what is ours (console to the node's log, navigator, the
 // Workers handler protocol in 10_handler.js). Runs once per isolate at boot.
 import { core, internals, primordials } from "ext:core/mod.js";
-import { op_tern_log, op_tern_module_bytes } from "ext:core/ops";
+import { op_tern_egress_check, op_tern_log, op_tern_module_bytes, op_tern_outbound_hops } from "ext:core/ops";
 import { installHandlerProtocol } from "ext:tern_api/10_handler.js";
 
 const { ObjectDefineProperty, ObjectDefineProperties, ObjectSetPrototypeOf, SymbolFor } = primordials;
@@ -84,6 +84,36 @@ function setTimeout(callback, delay = 0, ...args) {
 function setInterval(callback, delay = 0, ...args) {
   return webSetInterval(guard(callback), delay, ...args);
 }
+// Outbound requests carry `tern-hops`, one more than the request that made them came with,
+// so a chain of functions fetching each other through Tern is cut after 16 hops.
+// A destination the egress policy refuses rejects with a TypeError (as network errors do
+// in fetch) that says so, instead of Deno's advice about command-line flags.
+function countingHops(webFetch, Request) {
+  const { PromisePrototypeCatch, PromiseReject } = primordials;
+  return function fetch(input, init = undefined) {
+    let outbound;
+    try {
+      outbound = new Request(input, init);
+      op_tern_egress_check(outbound.url);
+    } catch (e) {
+      return PromiseReject(e);
+    }
+    outbound.headers.set("tern-hops", String(op_tern_outbound_hops()));
+    return PromisePrototypeCatch(webFetch(outbound), (e) => {
+      // A name resolving inside is refused by our resolver, under deno_fetch's "fetch failed".
+      const cause = String(e?.cause?.message ?? e?.cause ?? "");
+      const policy = /fetch to .* refused by the egress policy.*\)/.exec(cause);
+      if (policy) throw new TypeError(policy[0]);
+      if (e?.name !== "NotCapable") throw e;
+      const where = /access to "([^"]*)"/.exec(String(e.message))?.[1] ?? outbound.url;
+      throw new TypeError(
+        `fetch to ${where} refused by the egress policy: loopback, private, link-local and metadata ` +
+          `addresses are not reachable from functions (allow a range in tern.toml [egress] allow)`,
+      );
+    });
+  };
+}
+
 core.setReportExceptionCallback((e) => reportUncaught("in microtask", e));
 core.setUnhandledPromiseRejectionHandler((_promise, reason) => {
   reportUncaught("in promise", reason);
@@ -155,7 +185,7 @@ ObjectDefineProperties(globalThis, {
   Headers: value(headers.Headers),
   Request: value(request.Request),
   Response: value(response.Response),
-  fetch: enumerable(fetch.fetch),
+  fetch: enumerable(countingHops(fetch.fetch, request.Request)),
   // Scheduling and cloning
   setTimeout: enumerable(setTimeout),
   clearTimeout: enumerable(timers.clearTimeout),

@@ -11,16 +11,95 @@ use std::sync::Arc;
 
 use deno_error::JsErrorBox;
 use deno_fetch::Options;
-use deno_permissions::{PermissionsContainer, RuntimePermissionDescriptorParser};
+use deno_permissions::{Permissions, PermissionsContainer, PermissionsOptions, RuntimePermissionDescriptorParser};
 use deno_tls::RootCertStoreProvider;
 use deno_tls::rustls::RootCertStore;
+use ipnet::IpNet;
 
 /// What outbound requests a function may make.
 #[derive(Debug, Clone, Default)]
 pub enum EgressPolicy {
-    /// Any destination. The default until the egress policy lands; `tern dev` uses it.
+    /// Public destinations only: every address in [`PRIVATE_RANGES`] is refused, whether
+    /// it is written in the URL (in any spelling the URL parser accepts: decimal, hex,
+    /// IPv4-mapped IPv6), reached through a redirect, or what a host name resolves to, except
+    /// the `allowed` ranges.
     #[default]
+    PublicOnly,
+    /// Public destinations plus these ranges (a function's `[egress] allow`, `tern dev
+    /// --allow-loopback`).
+    PublicAnd(Vec<IpNet>),
+    /// Any destination (for tools, never for functions of a node).
     AllowAll,
+}
+
+/// Loopback, private, link-local (cloud metadata at 169.254.169.254 and fd00:ec2::254),
+/// CGNAT, and the other ranges a function on a shared node has no business reaching.
+pub const PRIVATE_RANGES: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/3",
+    "::/128",
+    "::1/128",
+    "::ffff:0:0/96",
+    "64:ff9b::/96",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// The IPv6 addresses among [`PRIVATE_RANGES`] written out one by one for deno_permissions,
+/// whose deny list takes IPv6 addresses but not IPv6 ranges; the ranges are enforced by
+/// [`GuardedResolver`] (names) and [`check_url`] (literals) instead.
+const PRIVATE_V6_ADDRESSES: &[&str] = &["[::]", "[::1]", "[fd00:ec2::254]"];
+
+/// Host names refused whatever they resolve to.
+pub const PRIVATE_NAMES: &[&str] = &["metadata.google.internal", "metadata"];
+
+impl EgressPolicy {
+    /// The ranges to deny: [`PRIVATE_RANGES`] minus what the policy allows.
+    pub fn denied(&self) -> Vec<IpNet> {
+        let allowed: &[IpNet] = match self {
+            Self::AllowAll => return Vec::new(),
+            Self::PublicOnly => &[],
+            Self::PublicAnd(allowed) => allowed,
+        };
+        let mut denied: Vec<IpNet> = PRIVATE_RANGES.iter().map(|r| r.parse().expect("valid range")).collect();
+        for allow in allowed {
+            denied = denied.into_iter().flat_map(|d| subtract(d, *allow)).collect();
+        }
+        denied
+    }
+
+    /// This policy with `more` ranges allowed as well.
+    pub fn also_allowing(&self, more: &[IpNet]) -> Self {
+        match self {
+            Self::AllowAll => Self::AllowAll,
+            _ if more.is_empty() => self.clone(),
+            Self::PublicOnly => Self::PublicAnd(more.to_vec()),
+            Self::PublicAnd(allowed) => Self::PublicAnd(allowed.iter().chain(more).copied().collect()),
+        }
+    }
+}
+
+/// `range` without `hole`, as a list of ranges.
+fn subtract(range: IpNet, hole: IpNet) -> Vec<IpNet> {
+    if hole.contains(&range) {
+        return Vec::new();
+    }
+    if !range.contains(&hole) {
+        return vec![range];
+    }
+    match range.subnets(range.prefix_len() + 1) {
+        Ok(halves) => halves.flat_map(|h| subtract(h, hole)).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Everything about a function's outbound requests.
@@ -73,23 +152,170 @@ impl RootCertStoreProvider for TrustedRoots {
 pub const USER_AGENT: &str = concat!("Tern/", env!("CARGO_PKG_VERSION"));
 
 pub fn fetch_options(egress: &Egress) -> Options {
+    let resolver = match egress.policy {
+        EgressPolicy::AllowAll => deno_fetch::dns::Resolver::default(),
+        _ => deno_fetch::dns::Resolver::custom(Arc::new(GuardedResolver { denied: Arc::new(egress.policy.denied()) })),
+    };
     Options {
         user_agent: USER_AGENT.to_string(),
         root_cert_store_provider: egress.roots.clone().map(|r| r as Arc<dyn RootCertStoreProvider>),
+        resolver,
         ..Default::default()
     }
 }
 
-pub fn permissions(policy: &EgressPolicy) -> PermissionsContainer {
-    let parser = Arc::new(RuntimePermissionDescriptorParser::new(sys_traits::impls::RealSys));
-    match policy {
-        EgressPolicy::AllowAll => PermissionsContainer::allow_all(parser),
+/// Whether `ip` (an IPv4-mapped IPv6 address counts as its IPv4 address) is in `denied`.
+pub fn is_denied(denied: &[IpNet], ip: std::net::IpAddr) -> bool {
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    denied.iter().any(|range| range.contains(&ip))
+}
+
+fn refused(destination: &str) -> String {
+    format!(
+        "fetch to {destination} refused by the egress policy: loopback, private, link-local and metadata \
+         addresses are not reachable from functions (allow a range in tern.toml [egress] allow)"
+    )
+}
+
+/// Resolves names with the system resolver and refuses a name that resolves to a denied
+/// address (a DNS name pointing inside, or rebinding to it).
+#[derive(Debug)]
+struct GuardedResolver {
+    denied: Arc<Vec<IpNet>>,
+}
+
+impl deno_fetch::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: hyper_util::client::legacy::connect::dns::Name) -> deno_fetch::dns::Resolving {
+        let denied = self.denied.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(bad) = addrs.iter().find(|a| is_denied(&denied, a.ip())) {
+                let message = format!("{} ({host} resolves to {})", refused(&host), bad.ip());
+                return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, message));
+            }
+            Ok(addrs.into_iter())
+        })
     }
 }
+
+/// The ranges an isolate's outbound requests may not reach, in its op state.
+pub struct Denied(pub Arc<Vec<IpNet>>);
+
+/// Refuses a URL whose host is a denied IP literal (IPv6 ranges included, which the
+/// permissions' deny list cannot express).
+pub fn check_url(denied: &[IpNet], url: &str) -> Result<(), String> {
+    let Ok(url) = deno_core::url::Url::parse(url) else { return Ok(()) };
+    let ip = match url.host() {
+        Some(deno_core::url::Host::Ipv4(v4)) => std::net::IpAddr::V4(v4),
+        Some(deno_core::url::Host::Ipv6(v6)) => std::net::IpAddr::V6(v6),
+        _ => return Ok(()),
+    };
+    if is_denied(denied, ip) {
+        let port = url.port_or_known_default().map(|p| format!(":{p}")).unwrap_or_default();
+        let host = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
+        return Err(refused(&format!("{host}{port}")));
+    }
+    Ok(())
+}
+
+/// The permissions deno_fetch checks before it connects: every host allowed but the denied
+/// ranges and names. deno_fetch checks the URL of every request (so every redirect hop)
+/// and, after resolving a name, the address it connects to.
+pub fn permissions(policy: &EgressPolicy) -> PermissionsContainer {
+    let parser = Arc::new(RuntimePermissionDescriptorParser::new(sys_traits::impls::RealSys));
+    if matches!(policy, EgressPolicy::AllowAll) {
+        return PermissionsContainer::allow_all(parser);
+    }
+    let denied = policy.denied();
+    let deny_net: Vec<String> = denied
+        .iter()
+        .filter(|range| matches!(range, IpNet::V4(_)))
+        .map(ToString::to_string)
+        .chain(
+            PRIVATE_V6_ADDRESSES
+                .iter()
+                .filter(|a| {
+                    let ip: std::net::IpAddr = a.trim_matches(['[', ']']).parse().expect("valid address");
+                    is_denied(&denied, ip)
+                })
+                .map(|a| a.to_string()),
+        )
+        .chain(PRIVATE_NAMES.iter().map(|n| n.to_string()))
+        .collect();
+    let options = PermissionsOptions {
+        allow_net: Some(Vec::new()),
+        deny_net: Some(deny_net),
+        prompt: false,
+        ..Default::default()
+    };
+    match Permissions::from_options(parser.as_ref(), &options) {
+        Ok(permissions) => PermissionsContainer::new(parser, permissions),
+        // The ranges are ours and valid; should that ever change, refuse everything.
+        Err(e) => {
+            tracing::error!("egress policy could not be built ({e}); outbound requests are refused");
+            PermissionsContainer::new(parser, Permissions::none_without_prompt())
+        }
+    }
+}
+
+/// The most hops a request may have made through Tern nodes before it is refused.
+pub const MAX_HOPS: u32 = 16;
+/// Header carrying the hop count on requests functions send (and the node reads).
+pub const HOPS_HEADER: &str = "tern-hops";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn allowing_an_address_punches_a_hole_in_its_range_and_nothing_else() {
+        let denied = EgressPolicy::PublicAnd(vec![net("10.1.2.3/32")]).denied();
+        assert!(!denied.iter().any(|d| d.contains(&net("10.1.2.3/32"))));
+        assert!(denied.iter().any(|d| d.contains(&net("10.1.2.4/32"))));
+        assert!(denied.iter().any(|d| d.contains(&net("10.200.0.0/16"))));
+        assert!(denied.iter().any(|d| d.contains(&net("127.0.0.1/32"))));
+        // 10.0.0.0/8 minus one address is 24 ranges; the others are untouched.
+        assert_eq!(denied.len(), PRIVATE_RANGES.len() - 1 + 24);
+    }
+
+    #[test]
+    fn literals_in_every_family_are_checked_against_the_ranges() {
+        let denied = EgressPolicy::PublicOnly.denied();
+        for url in ["http://[fd00::1]/", "http://[fe80::1]/", "http://[::ffff:10.0.0.1]/", "http://169.254.169.254/"] {
+            assert!(check_url(&denied, url).is_err(), "{url}");
+        }
+        for url in ["http://[2606:4700::1111]/", "http://1.1.1.1/", "https://example.com/"] {
+            assert!(check_url(&denied, url).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_permissions_grant_public_addresses_and_deny_private_ones() {
+        let mut p = permissions(&EgressPolicy::PublicOnly);
+        let url = |u: &str| deno_core::url::Url::parse(u).unwrap();
+        assert!(p.check_net_url(&url("http://8.8.8.8/"), "t").is_ok());
+        assert!(p.check_net_url(&url("https://example.com/"), "t").is_ok());
+        assert!(p.check_net_url(&url("http://10.1.2.3/"), "t").is_err());
+        assert!(p.check_net_url(&url("http://[::1]:8080/"), "t").is_err());
+        let mut loopback = permissions(&EgressPolicy::PublicOnly.also_allowing(&[net("127.0.0.0/8")]));
+        assert!(loopback.check_net_url(&url("http://127.0.0.1:8080/"), "t").is_ok());
+        assert!(loopback.check_net_url(&url("http://10.1.2.3/"), "t").is_err());
+    }
+
+    #[test]
+    fn allowing_loopback_removes_it_whole() {
+        let denied = EgressPolicy::PublicAnd(vec![net("127.0.0.0/8"), net("::1/128")]).denied();
+        assert!(!denied.iter().any(|d| d.contains(&net("127.0.0.1/32")) || d.contains(&net("::1/128"))));
+        assert!(denied.iter().any(|d| d.contains(&net("169.254.169.254/32"))));
+    }
 
     #[test]
     fn extra_roots_need_a_certificate_and_say_which_file() {

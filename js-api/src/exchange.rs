@@ -32,6 +32,8 @@ const RESPONSE_CHANNEL_CHUNKS: usize = 8;
 pub struct Exchange {
     /// Names the request in responses (`tern-request-id`) and in kill records.
     pub id: RequestId,
+    /// Tern nodes this request already passed through (`tern-hops`), to cut loops.
+    pub hops: u32,
     pub request: http::Request<RequestBody>,
     /// The absolute URL the function sees as `request.url`.
     pub url: String,
@@ -178,6 +180,7 @@ pub struct InFlight {
 
 struct Entry {
     request: RequestId,
+    hops: u32,
     /// CPU time of the isolate charged to this request so far.
     cpu: std::time::Duration,
     body: Option<RequestBody>,
@@ -186,9 +189,15 @@ struct Entry {
 }
 
 impl InFlight {
-    fn insert(&mut self, request: RequestId, body: Option<RequestBody>, reply: oneshot::Sender<Reply>) -> u32 {
+    fn insert(
+        &mut self,
+        exchange_id: (RequestId, u32),
+        body: Option<RequestBody>,
+        reply: oneshot::Sender<Reply>,
+    ) -> u32 {
         self.next_id = self.next_id.wrapping_add(1);
-        let entry = Entry { request, cpu: std::time::Duration::ZERO, body, reply: Some(reply), stream: None };
+        let (request, hops) = exchange_id;
+        let entry = Entry { request, hops, cpu: std::time::Duration::ZERO, body, reply: Some(reply), stream: None };
         self.entries.insert(self.next_id, entry);
         self.next_id
     }
@@ -199,6 +208,13 @@ impl InFlight {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The hop count an outbound request made now carries: one more than the most any
+    /// request in flight came with. (Without per-request async context, concurrent requests
+    /// share the highest count: a loop is never missed, a fetch may be counted high.)
+    pub fn outbound_hops(&self) -> u32 {
+        self.entries.values().map(|e| e.hops).max().unwrap_or(0) + 1
     }
 
     /// The most CPU time charged to any request in flight.
@@ -309,8 +325,18 @@ pub async fn op_tern_next_request(
     let has_body = !body.is_end_stream() && !matches!(parts.method, http::Method::GET | http::Method::HEAD);
     let headers =
         parts.headers.iter().map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_bytes()))).collect();
-    let id = state.borrow_mut().borrow_mut::<InFlight>().insert(exchange.id, has_body.then_some(body), exchange.reply);
+    let id = state.borrow_mut().borrow_mut::<InFlight>().insert(
+        (exchange.id, exchange.hops),
+        has_body.then_some(body),
+        exchange.reply,
+    );
     Some((id, parts.method.to_string(), exchange.url, headers, has_body))
+}
+
+/// The `tern-hops` value for an outbound request made now.
+#[op2(fast)]
+pub fn op_tern_outbound_hops(state: &mut OpState) -> u32 {
+    state.borrow::<InFlight>().outbound_hops()
 }
 
 /// Reads the next chunk of a request body; an empty array means the body ended.

@@ -62,6 +62,12 @@ fn op_tern_module_bytes(state: &mut OpState, #[string] path: &str) -> Result<Uin
     Ok(Uint8Array::from(bytes.to_vec()))
 }
 
+/// Refuses an outbound URL whose host is a denied IP literal, before deno_fetch sees it.
+#[op2(fast)]
+fn op_tern_egress_check(state: &mut OpState, #[string] url: &str) -> Result<(), JsErrorBox> {
+    egress::check_url(&state.borrow::<egress::Denied>().0, url).map_err(JsErrorBox::type_error)
+}
+
 deno_core::extension!(
     tern_api,
     deps = [deno_webidl, deno_web, deno_crypto, deno_net, deno_fetch],
@@ -78,12 +84,15 @@ deno_core::extension!(
         exchange::op_tern_body_write,
         exchange::op_tern_body_close,
         exchange::op_tern_fail,
+        exchange::op_tern_outbound_hops,
+        op_tern_egress_check,
     ],
     esm_entry_point = "ext:tern_api/00_global_scope.js",
     esm = [dir "js", "00_global_scope.js", "10_handler.js"],
     options = { policy: egress::EgressPolicy },
     state = |state, options| {
         state.put(egress::permissions(&options.policy));
+        state.put(egress::Denied(std::sync::Arc::new(options.policy.denied())));
     },
 );
 

@@ -10,6 +10,8 @@
 //! GREETING = "hi"                     # strings stay strings; other TOML values become JSON
 //! [limits]                            # optional: see `limits`
 //! cpu_ms = 50
+//! [egress]                            # optional: private destinations this function may fetch
+//! allow = ["10.1.2.3", "192.168.0.0/16"]   # addresses or CIDR ranges
 //! ```
 //! Unknown keys are refused (a typo should not silently do nothing); errors carry the line.
 
@@ -33,6 +35,15 @@ pub struct Manifest {
     /// Code generation from strings (`eval`, `new Function`) is refused unless this is set,
     /// as on Workers.
     pub allow_eval: bool,
+    /// Private, loopback or link-local ranges this function's `fetch` may reach anyway.
+    pub egress_allow: Vec<ipnet::IpNet>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEgress {
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +60,8 @@ struct RawManifest {
     limits: RawLimits,
     #[serde(default)]
     allow_eval: bool,
+    #[serde(default)]
+    egress: RawEgress,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +80,8 @@ pub enum ManifestError {
     BadVar(String, String),
     #[error(transparent)]
     BadLimit(#[from] LimitError),
+    #[error("tern.toml: [egress] allow: {0:?} is neither an IP address nor a CIDR range (like 10.0.0.0/8)")]
+    BadEgress(String),
 }
 
 impl Manifest {
@@ -76,6 +91,16 @@ impl Manifest {
         let mut manifest = Self::from_parts(raw.name, raw.main, raw.compatibility_date, &raw.routes, raw.vars)?;
         manifest.limits = raw.limits.resolve()?;
         manifest.allow_eval = raw.allow_eval;
+        manifest.egress_allow = raw
+            .egress
+            .allow
+            .iter()
+            .map(|a| {
+                a.parse::<ipnet::IpNet>()
+                    .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| ManifestError::BadEgress(a.clone()))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(manifest)
     }
 
@@ -111,7 +136,16 @@ impl Manifest {
                 Ok((k, json))
             })
             .collect::<Result<_, ManifestError>>()?;
-        Ok(Self { name, main, compatibility_date, routes, vars, limits: Limits::default(), allow_eval: false })
+        Ok(Self {
+            name,
+            main,
+            compatibility_date,
+            routes,
+            vars,
+            limits: Limits::default(),
+            allow_eval: false,
+            egress_allow: Vec::new(),
+        })
     }
 }
 
@@ -180,6 +214,17 @@ mod tests {
         assert_eq!(m.limits, Limits::default());
         let e = Manifest::parse("name = \"a\"\nmain = \"a.js\"\n[limits]\ncpu = 10\n").unwrap_err();
         assert!(e.to_string().contains("cpu"), "{e}");
+    }
+
+    #[test]
+    fn egress_allowances_are_addresses_or_ranges() {
+        let m =
+            Manifest::parse("name = \"a\"\nmain = \"a.js\"\n[egress]\nallow = [\"10.1.2.3\", \"192.168.0.0/16\"]\n")
+                .unwrap();
+        assert_eq!(m.egress_allow.len(), 2);
+        assert_eq!(m.egress_allow[0].to_string(), "10.1.2.3/32");
+        let e = Manifest::parse("name = \"a\"\nmain = \"a.js\"\n[egress]\nallow = [\"db.internal\"]\n").unwrap_err();
+        assert!(e.to_string().contains("db.internal"), "{e}");
     }
 
     #[test]

@@ -34,8 +34,13 @@ fn function(i: usize) -> Arc<Bundle> {
 async fn request(isolates: &Isolates, bundle: Arc<Bundle>, i: usize) -> Duration {
     let (reply, answer) = tokio::sync::oneshot::channel();
     let body = http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync();
-    let exchange =
-        Exchange { id: RequestId(i as u64), request: http::Request::new(body), url: "http://bench/".into(), reply };
+    let exchange = Exchange {
+        id: RequestId(i as u64),
+        hops: 0,
+        request: http::Request::new(body),
+        url: "http://bench/".into(),
+        reply,
+    };
     let start = Instant::now();
     isolates.dispatch(bundle, exchange);
     match answer.await {

@@ -109,7 +109,7 @@ fn served_versions(cycles: usize) {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let body = http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync();
         let request = http::Request::new(body);
-        let exchange = Exchange { id: RequestId(i as u64), request, url: "http://churn/".into(), reply };
+        let exchange = Exchange { id: RequestId(i as u64), hops: 0, request, url: "http://churn/".into(), reply };
         isolates.dispatch(Arc::new(bundle), exchange);
         match rt.block_on(answer) {
             Ok(Reply::Response(_)) => Ok(()),

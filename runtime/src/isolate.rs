@@ -76,6 +76,8 @@ pub struct WarmIsolate {
     loader: Rc<BundleModuleLoader>,
     tripwire: Arc<Tripwire>,
     memory: Arc<MemoryMeter>,
+    /// The node's egress; a function's `[egress] allow` widens its policy at bind.
+    egress: Egress,
 }
 
 impl WarmIsolate {
@@ -105,7 +107,7 @@ impl WarmIsolate {
                 .map_err(|e| format!("could not lock code generation: {e}"))?;
         }
         watchdog::watch(&tripwire);
-        Ok(Self { js, loader, tripwire, memory })
+        Ok(Self { js, loader, tripwire, memory, egress: egress.clone() })
     }
 
     pub fn tripwire(&self) -> &Arc<Tripwire> {
@@ -125,7 +127,15 @@ impl WarmIsolate {
         let identity = FunctionIdentity { name: bundle.name().to_string(), version: bundle.id().short() };
         let limits = bundle.manifest.limits;
         let inbox = Inbox::new(inbox);
-        let Self { mut js, loader, tripwire, memory } = self;
+        let Self { mut js, loader, tripwire, memory, egress: Egress { policy, roots } } = self;
+        if !bundle.manifest.egress_allow.is_empty() {
+            let widened = Egress { policy: policy.also_allowing(&bundle.manifest.egress_allow), roots: roots.clone() };
+            let state = js.op_state();
+            let mut state = state.borrow_mut();
+            state.put(tern_js_api::egress::permissions(&widened.policy));
+            state.put(tern_js_api::egress::Denied(Arc::new(widened.policy.denied())));
+            state.put(tern_js_api::egress::fetch_options(&widened));
+        }
         let mut function = Function { identity, limits, tripwire, memory, stats, startup_used: Duration::ZERO };
         let started = Instant::now();
         let loaded = function.load(&mut js, &loader, &bundle, &inbox).await;
