@@ -33,9 +33,10 @@ use crate::stats::RuntimeStats;
 use crate::watchdog;
 
 /// The engine heap is sampled (an O(heap) walk on this engine) after a stretch of JS that
-/// used at least this much CPU, and otherwise every [`HEAP_SAMPLE_EVERY`] stretches.
+/// used at least this much CPU, and otherwise once the isolate has used
+/// [`HEAP_SAMPLE_EVERY`] of CPU since the last sample: a heap only grows by running JS.
 const HEAP_SAMPLE_AFTER: Duration = Duration::from_millis(1);
-const HEAP_SAMPLE_EVERY: u32 = 256;
+const HEAP_SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
 struct BundleFiles(Arc<Bundle>);
 
@@ -324,7 +325,7 @@ impl Function<'_> {
         let allowance = Allowance { limit: self.limits.cpu_per_request };
         let mut background = Duration::ZERO;
         let mut background_since = Instant::now();
-        let mut stretches = 0u32;
+        let mut since_sample = Duration::ZERO;
         let result = std::future::poll_fn(|cx| {
             let (in_flight, max_charged) = {
                 let state = js.op_state();
@@ -356,11 +357,12 @@ impl Function<'_> {
                     self.tripwire.trip(Breach::Memory);
                 }
             }
-            stretches = stretches.wrapping_add(1);
-            if (used >= HEAP_SAMPLE_AFTER || stretches.is_multiple_of(HEAP_SAMPLE_EVERY))
-                && self.sample_heap(js) > self.memory.limit()
-            {
-                self.tripwire.trip(Breach::Memory);
+            since_sample += used;
+            if used >= HEAP_SAMPLE_AFTER || since_sample >= HEAP_SAMPLE_EVERY {
+                since_sample = Duration::ZERO;
+                if self.sample_heap(js) > self.memory.limit() {
+                    self.tripwire.trip(Breach::Memory);
+                }
             }
             if self.tripwire.tripped().is_some() {
                 return Poll::Ready(Err(match polled {

@@ -137,8 +137,9 @@ impl Isolates {
             }
         });
         let weak = Arc::downgrade(&shared);
+        // The spawner fills the pool on its first tick, so that the process's first
+        // isolates (booted on demand) do not compete with it for the CPU.
         std::thread::Builder::new().name("tern-spawner".into()).spawn(move || spawner(weak, wanted))?;
-        shared.ask_refill();
         Ok(Self { shared })
     }
 
@@ -224,8 +225,9 @@ impl Shared {
                 }
             }
         }
+        // No refill request here: the pool is empty because boots are in demand, and the
+        // spawner's next tick refills it without competing with this one.
         self.stats.cold_boots.inc();
-        self.ask_refill();
         let shared = self.clone();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let _ = tx.send(binding);
