@@ -4,8 +4,11 @@
 //! [`PermissionsContainer`] in the isolate's state (`check_net_url` for the URL, then
 //! `check_net_resolved` for each address the host name resolves to), resolves names with
 //! the resolver in its [`Options`], and verifies TLS against the root store given there.
-//! Tern builds all of these here from an [`Egress`], so the policy of the limits issue
-//! (private ranges, metadata addresses, hop counts) lands in this module and nowhere else.
+//! Tern builds all of these here from an [`Egress`]: the [`EgressPolicy`] (which ranges are
+//! refused), its deny list for deno_permissions (IPv4 ranges, exact IPv6 addresses, names),
+//! the guarded resolver and [`check_url`] that cover IPv6 ranges, which that deny list
+//! cannot express, and the hop-count constants. The JS side (`00_global_scope.js`) stamps
+//! `tern-hops` and words refusals.
 
 use std::sync::Arc;
 
