@@ -75,6 +75,15 @@ enum Command {
         /// refused.
         #[arg(long)]
         allow_loopback: bool,
+        /// Run isolates in this many isolate host processes (0: in the server process).
+        #[arg(long, default_value_t = 0)]
+        isolate_hosts: usize,
+        /// Replace an isolate host after it has booted this many isolates.
+        #[arg(long, default_value_t = 500)]
+        host_recycle_after: u64,
+        /// Evict isolates (least recently used) beyond this estimated memory.
+        #[arg(long, default_value_t = 4096)]
+        isolate_memory_budget_mib: u64,
     },
     /// Internal: serve projects on the listening socket given as standard input (`tern dev`
     /// runs one such process per set of versions).
@@ -99,6 +108,24 @@ enum Command {
         admin_fd: Option<i32>,
         #[arg(long)]
         allow_loopback: bool,
+        #[arg(long, default_value_t = 0)]
+        isolate_hosts: usize,
+        #[arg(long, default_value_t = 500)]
+        host_recycle_after: u64,
+        #[arg(long, default_value_t = 4096)]
+        isolate_memory_budget_mib: u64,
+    },
+    /// Internal: run isolates for the node connected on standard input.
+    #[command(hide = true)]
+    IsolateHost {
+        #[arg(long, default_value_t = 1)]
+        warm_pool: usize,
+        #[arg(long, default_value_t = 4096)]
+        memory_budget_mib: u64,
+        #[arg(long)]
+        allow_loopback: bool,
+        #[arg(long = "ca-cert", value_name = "FILE")]
+        ca_certs: Vec<PathBuf>,
     },
 }
 
@@ -146,7 +173,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         LogFormat::Json => "json",
     };
     match cli.command {
-        Command::Dev { paths, port, ip, http_threads, ca_certs, header_read_timeout, admin_port, allow_loopback } => {
+        Command::Dev {
+            paths,
+            port,
+            ip,
+            http_threads,
+            ca_certs,
+            header_read_timeout,
+            admin_port,
+            allow_loopback,
+            isolate_hosts,
+            host_recycle_after,
+            isolate_memory_budget_mib,
+        } => {
             let http_threads =
                 http_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             rt.block_on(dev::run(dev::DevOptions {
@@ -159,6 +198,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 header_read_timeout,
                 admin_port,
                 allow_loopback,
+                isolate_hosts,
+                host_recycle_after,
+                isolate_memory_budget_mib,
             }))
         }
         Command::Serve {
@@ -170,6 +212,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             header_read_timeout,
             admin_fd,
             allow_loopback,
+            isolate_hosts,
+            host_recycle_after,
+            isolate_memory_budget_mib,
         } => {
             let limits = tern_edge_node::ServerLimits { header_read_timeout, ..Default::default() };
             // HTTP is served on this runtime's threads; isolates run on threads of their own.
@@ -186,7 +231,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 limits,
                 admin_fd,
                 allow_loopback,
+                isolate_hosts,
+                host_recycle_after,
+                memory_budget_mib: isolate_memory_budget_mib,
+                log_format,
             }))
+        }
+        Command::IsolateHost { warm_pool, memory_budget_mib, allow_loopback, ca_certs } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("tern-host")
+                .enable_all()
+                .build()?;
+            rt.block_on(serve::run_isolate_host(warm_pool, memory_budget_mib, allow_loopback, &ca_certs))
         }
     }
 }

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tern_edge_node::{EdgeNode, ErrorDetail, RouteTable, ServerLimits};
+use tern_edge_node::hosts::{HostConfig, HostPool};
+use tern_edge_node::{Backend, EdgeNode, ErrorDetail, RouteTable, ServerLimits};
 use tern_js_api::egress::{Egress, EgressPolicy, TrustedRoots};
 use tern_runtime::{IsolateConfig, Isolates};
 use tokio::signal::unix::{SignalKind, signal};
@@ -39,6 +40,13 @@ pub struct ServeOptions {
     pub admin_fd: Option<i32>,
     /// Outbound fetch may reach loopback addresses.
     pub allow_loopback: bool,
+    /// Isolates: in this many host processes (0: in this process).
+    pub isolate_hosts: usize,
+    /// A host process is replaced after booting this many isolates.
+    pub host_recycle_after: u64,
+    /// Isolates are evicted beyond this estimated memory (per process that holds them).
+    pub memory_budget_mib: u64,
+    pub log_format: &'static str,
 }
 
 pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
@@ -59,18 +67,34 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         bundles.push(Arc::new(project::load(path)?));
     }
     let fallback = options.fallback.then(|| bundles[0].name().to_string());
-    let policy = if options.allow_loopback {
-        let loopback = ["127.0.0.0/8", "::1/128"].map(|r| r.parse().expect("valid range"));
-        EgressPolicy::PublicOnly.also_allowing(&loopback)
+    let backend = if options.isolate_hosts == 0 {
+        let egress = Egress { policy: egress_policy(options.allow_loopback), roots: trusted_roots(&options.ca_certs)? };
+        Backend::InProcess(Isolates::start(IsolateConfig {
+            egress,
+            warm_pool: options.warm_pool,
+            memory_budget: options.memory_budget_mib << 20,
+            ..IsolateConfig::default()
+        })?)
     } else {
-        EgressPolicy::PublicOnly
+        trusted_roots(&options.ca_certs)?;
+        let mut args: Vec<String> = vec!["--log-format".into(), options.log_format.into(), "isolate-host".into()];
+        args.extend(["--warm-pool".into(), options.warm_pool.to_string()]);
+        args.extend(["--memory-budget-mib".into(), options.memory_budget_mib.to_string()]);
+        if options.allow_loopback {
+            args.push("--allow-loopback".into());
+        }
+        for ca in &options.ca_certs {
+            args.extend(["--ca-cert".into(), ca.display().to_string()]);
+        }
+        let config = HostConfig {
+            count: options.isolate_hosts,
+            recycle_after: options.host_recycle_after,
+            program: std::env::current_exe().context("cannot find the tern executable")?,
+            args,
+        };
+        Backend::Hosts(HostPool::start(config, Default::default()).await.context("cannot start isolate hosts")?)
     };
-    let egress = Egress { policy, roots: trusted_roots(&options.ca_certs)? };
-    let node = Arc::new(EdgeNode::new(
-        Isolates::start(IsolateConfig { egress, warm_pool: options.warm_pool, ..IsolateConfig::default() })?,
-        ErrorDetail::Expose,
-        options.limits,
-    ));
+    let node = Arc::new(EdgeNode::new(backend, ErrorDetail::Expose, options.limits));
     node.set_routes(RouteTable::new(bundles, fallback.as_deref())).await;
     let serving = tern_edge_node::server::listen_on(&node, listener).context("cannot serve the inherited socket")?;
     if let Some(fd) = options.admin_fd {
@@ -100,6 +124,46 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         }
     }
     serving.drain(DRAIN_PATIENCE).await;
+    Ok(())
+}
+
+/// Public destinations, plus loopback when asked.
+pub fn egress_policy(allow_loopback: bool) -> EgressPolicy {
+    if allow_loopback {
+        let loopback = ["127.0.0.0/8", "::1/128"].map(|r| r.parse().expect("valid range"));
+        EgressPolicy::PublicOnly.also_allowing(&loopback)
+    } else {
+        EgressPolicy::PublicOnly
+    }
+}
+
+/// `tern isolate-host` (internal, started by `tern serve --isolate-hosts`): runs isolates
+/// for the node connected on standard input (a Unix socket), until it goes away.
+pub async fn run_isolate_host(
+    warm_pool: usize,
+    memory_budget_mib: u64,
+    allow_loopback: bool,
+    ca_certs: &[PathBuf],
+) -> anyhow::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).context("cannot watch the parent process")?;
+    let socket = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::os::unix::net::UnixStream::from)
+        .context("standard input must be the node's socket")?;
+    socket.set_nonblocking(true)?;
+    let socket = tokio::net::UnixStream::from_std(socket)?;
+    let egress = Egress { policy: egress_policy(allow_loopback), roots: trusted_roots(ca_certs)? };
+    let isolates = Isolates::start(IsolateConfig {
+        egress,
+        warm_pool,
+        memory_budget: memory_budget_mib << 20,
+        ..Default::default()
+    })?;
+    tokio::select! {
+        _ = tern_edge_node::host_server::serve_host(isolates, socket) => {}
+        _ = async { signal(SignalKind::terminate())?.recv().await; Ok::<_, std::io::Error>(()) } => {}
+    }
     Ok(())
 }
 

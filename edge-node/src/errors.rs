@@ -40,7 +40,7 @@ impl NodeError {
                 FailureKind::UncaughtException | FailureKind::InvalidResponse | FailureKind::LoadFailed => {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
-                FailureKind::IsolateFailed => StatusCode::BAD_GATEWAY,
+                FailureKind::IsolateFailed | FailureKind::IsolateHostCrashed => StatusCode::BAD_GATEWAY,
                 FailureKind::CpuLimitExceeded
                 | FailureKind::MemoryLimitExceeded
                 | FailureKind::StartupLimitExceeded
@@ -88,6 +88,7 @@ impl NodeError {
                     FailureKind::MemoryLimitExceeded => "exceeded its memory limit",
                     FailureKind::StartupLimitExceeded => "exceeded its startup CPU limit",
                     FailureKind::WallTimeExceeded => "exceeded its wall time limit",
+                    FailureKind::IsolateHostCrashed => "lost its isolate host process before it answered",
                 };
                 if is_limit(failure.kind) {
                     // Which limit and its value are the user's own configuration: always said.
@@ -138,6 +139,7 @@ mod tests {
             (f(FailureKind::InvalidResponse), 500, "invalid_response"),
             (f(FailureKind::LoadFailed), 500, "load_failed"),
             (f(FailureKind::IsolateFailed), 502, "isolate_failed"),
+            (f(FailureKind::IsolateHostCrashed), 502, "isolate_host_crashed"),
             (f(FailureKind::CpuLimitExceeded), 503, "cpu_limit_exceeded"),
             (f(FailureKind::MemoryLimitExceeded), 503, "memory_limit_exceeded"),
             (f(FailureKind::StartupLimitExceeded), 503, "startup_limit_exceeded"),

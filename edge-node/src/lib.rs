@@ -9,6 +9,8 @@
 
 pub mod errors;
 pub mod guard;
+pub mod host_server;
+pub mod hosts;
 pub mod limits;
 pub mod metrics;
 pub mod node;
@@ -17,5 +19,5 @@ pub mod server;
 
 pub use errors::{ErrorDetail, NodeError};
 pub use limits::ServerLimits;
-pub use node::EdgeNode;
+pub use node::{Backend, EdgeNode};
 pub use routing::RouteTable;

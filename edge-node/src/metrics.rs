@@ -5,11 +5,14 @@
 //! the node made instead of the function), and the runtime's: `isolates_live`,
 //! `isolates_warm`, `isolate_boots_total`, `isolate_cold_boots_total`,
 //! `isolate_evictions_total`, `isolates_stuck_total`, `function_cpu_seconds_total`,
-//! `kills_total{limit}`.
+//! `kills_total{limit}` (with isolate host processes, these stay in the hosts; the node
+//! shows `isolate_hosts`, `isolate_hosts_started_total`, `isolate_host_crashes_total`,
+//! `isolate_hosts_recycled_total`), and `wall_time_kills_total`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use crate::node::Backend;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -20,7 +23,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use tern_runtime::RuntimeStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
@@ -32,17 +34,33 @@ pub struct NodeMetrics {
     registry: Registry,
     pub requests: Counter,
     pub errors: Family<ErrorLabel, Counter>,
+    pub wall_time_kills: Counter,
 }
 
 impl NodeMetrics {
-    pub fn new(runtime: &RuntimeStats) -> Self {
+    pub fn new(backend: &Backend) -> Self {
         let mut registry = Registry::with_prefix("tern");
         let requests = Counter::default();
         let errors = Family::<ErrorLabel, Counter>::default();
+        let wall_time_kills = Counter::default();
         registry.register("requests", "Requests received", requests.clone());
         registry.register("errors", "Answers the node made instead of the function, by tern-error", errors.clone());
-        runtime.register(&mut registry);
-        Self { registry, requests, errors }
+        registry.register("wall_time_kills", "Requests ended by their wall time limit", wall_time_kills.clone());
+        match backend {
+            Backend::InProcess(isolates) => isolates.stats().register(&mut registry),
+            Backend::Hosts(hosts) => {
+                let s = hosts.stats();
+                registry.register("isolate_hosts", "Isolate host processes running", s.live.clone());
+                registry.register("isolate_hosts_started", "Isolate host processes started", s.started.clone());
+                registry.register("isolate_host_crashes", "Isolate host processes that died", s.crashed.clone());
+                registry.register(
+                    "isolate_hosts_recycled",
+                    "Isolate host processes replaced after booting their share of isolates",
+                    s.recycled.clone(),
+                );
+            }
+        }
+        Self { registry, requests, errors, wall_time_kills }
     }
 
     pub fn count_error(&self, code: &'static str) {
@@ -98,8 +116,10 @@ mod tests {
 
     #[test]
     fn the_text_format_has_node_and_runtime_metrics() {
-        let runtime = RuntimeStats::default();
-        let metrics = NodeMetrics::new(&runtime);
+        let isolates =
+            tern_runtime::Isolates::start(tern_runtime::IsolateConfig { warm_pool: 0, ..Default::default() }).unwrap();
+        let runtime = isolates.stats();
+        let metrics = NodeMetrics::new(&Backend::InProcess(isolates.clone()));
         metrics.requests.inc();
         metrics.count_error("cpu_limit_exceeded");
         runtime.count_kill(tern_js_api::exchange::FailureKind::CpuLimitExceeded);

@@ -1,5 +1,5 @@
 //! The edge node's state: its current route table (swapped whole, atomically) and its
-//! isolates, and the request ids it hands out.
+//! isolates (in process or in host processes), and the request ids it hands out.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -7,16 +7,44 @@ use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tern_js_api::exchange::RequestId;
+use tern_proto::Bundle;
 use tern_runtime::Isolates;
+
+use crate::hosts::HostPool;
 
 use crate::errors::ErrorDetail;
 use crate::limits::ServerLimits;
 use crate::metrics::NodeMetrics;
 use crate::routing::RouteTable;
 
+/// Where the node's isolates run.
+#[derive(Clone)]
+pub enum Backend {
+    /// In this process (`tern dev`'s server process, which is itself replaced per reload).
+    InProcess(Isolates),
+    /// In isolate host processes, replaced before the engine's leak adds up.
+    Hosts(HostPool),
+}
+
+impl Backend {
+    pub fn dispatch(&self, bundle: Arc<Bundle>, exchange: tern_js_api::exchange::Exchange) {
+        match self {
+            Self::InProcess(isolates) => isolates.dispatch(bundle, exchange),
+            Self::Hosts(hosts) => hosts.dispatch(bundle, exchange),
+        }
+    }
+
+    pub async fn prepare_and_wait(&self, bundle: Arc<Bundle>) {
+        match self {
+            Self::InProcess(isolates) => isolates.prepare_and_wait(bundle).await,
+            Self::Hosts(hosts) => hosts.prepare_and_wait(bundle).await,
+        }
+    }
+}
+
 pub struct EdgeNode {
     routes: RwLock<Arc<RouteTable>>,
-    isolates: Isolates,
+    backend: Backend,
     metrics: Arc<NodeMetrics>,
     next_request: AtomicU64,
     error_detail: ErrorDetail,
@@ -25,11 +53,11 @@ pub struct EdgeNode {
 }
 
 impl EdgeNode {
-    pub fn new(isolates: Isolates, error_detail: ErrorDetail, limits: ServerLimits) -> Self {
+    pub fn new(backend: Backend, error_detail: ErrorDetail, limits: ServerLimits) -> Self {
         Self {
             routes: RwLock::new(Arc::new(RouteTable::default())),
-            metrics: Arc::new(NodeMetrics::new(isolates.stats())),
-            isolates,
+            metrics: Arc::new(NodeMetrics::new(&backend)),
+            backend,
             next_request: AtomicU64::new(request_id_base()),
             error_detail,
             limits,
@@ -47,7 +75,7 @@ impl EdgeNode {
     pub async fn set_routes(&self, table: RouteTable) {
         let table = Arc::new(table);
         for bundle in table.functions() {
-            self.isolates.prepare_and_wait(bundle.clone()).await;
+            self.backend.prepare_and_wait(bundle.clone()).await;
         }
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
     }
@@ -56,8 +84,8 @@ impl EdgeNode {
         self.routes.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn isolates(&self) -> &Isolates {
-        &self.isolates
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     pub fn metrics(&self) -> &Arc<NodeMetrics> {

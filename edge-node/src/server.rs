@@ -183,7 +183,7 @@ async fn exchange(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr, i
     });
     tracing::trace!(%remote, %function, %url, "dispatch");
     let version = bundle.id().short();
-    node.isolates().dispatch(bundle, Exchange { id, hops, request, url, reply });
+    node.backend().dispatch(bundle, Exchange { id, hops, request, url, reply });
     let answer = match tokio::time::timeout_at(deadline, answer).await {
         Ok(answer) => answer,
         Err(_) => {
@@ -205,12 +205,12 @@ async fn exchange(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr, i
                     limit = "response_body_too_large", "response refused: larger than limits.response_body_mib");
                 return error(node, NodeError::ResponseBodyTooLarge { function, limit: limits.response_body_bytes });
             }
-            let isolates = node.isolates().clone();
+            let metrics = node.metrics().clone();
             let on_cut = Box::new(move |cut: &BodyCut| {
                 tracing::warn!(target: "tern::kill", function = %function, version = %version, request = %id,
                     limit = cut.code(), "response cut: {cut}");
                 if matches!(cut, BodyCut::WallTime(_)) {
-                    isolates.stats().count_kill(FailureKind::WallTimeExceeded);
+                    metrics.wall_time_kills.inc();
                 }
             });
             response.map(|b| {
@@ -236,7 +236,7 @@ async fn exchange(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr, i
 fn record_wall_time_kill(node: &EdgeNode, function: &str, version: &str, id: RequestId, what: &str) {
     tracing::warn!(target: "tern::kill", function, version, request = %id, limit = "wall_time_exceeded",
         "function killed: wall_time_exceeded ({what})");
-    node.isolates().stats().count_kill(FailureKind::WallTimeExceeded);
+    node.metrics().wall_time_kills.inc();
 }
 
 fn error(node: &EdgeNode, e: NodeError) -> Response<NodeBody> {

@@ -81,6 +81,8 @@ pub enum FailureKind {
     StartupLimitExceeded,
     /// The request took longer than `limits.wall_ms`.
     WallTimeExceeded,
+    /// The isolate host process serving the function died with the request in it.
+    IsolateHostCrashed,
 }
 
 impl FailureKind {
@@ -95,22 +97,34 @@ impl FailureKind {
             Self::MemoryLimitExceeded => "memory_limit_exceeded",
             Self::StartupLimitExceeded => "startup_limit_exceeded",
             Self::WallTimeExceeded => "wall_time_exceeded",
+            Self::IsolateHostCrashed => "isolate_host_crashed",
         }
     }
 
-    fn from_code(code: &str) -> Self {
-        match code {
-            "invalid_response" => Self::InvalidResponse,
-            "load_failed" => Self::LoadFailed,
-            _ => Self::UncaughtException,
-        }
+    /// The kind [`Self::code`] names; anything unknown is an uncaught exception.
+    pub fn from_code(code: &str) -> Self {
+        [
+            Self::InvalidResponse,
+            Self::LoadFailed,
+            Self::IsolateFailed,
+            Self::CpuLimitExceeded,
+            Self::MemoryLimitExceeded,
+            Self::StartupLimitExceeded,
+            Self::WallTimeExceeded,
+            Self::IsolateHostCrashed,
+        ]
+        .into_iter()
+        .find(|k| k.code() == code)
+        .unwrap_or(Self::UncaughtException)
     }
 }
 
-/// A response body: empty, one buffer, or chunks streamed from the isolate.
+/// A response body: empty, one buffer, chunks streamed from the isolate, or a body piped
+/// from an isolate host process.
 pub enum ResponseBody {
     Full(Option<Bytes>),
     Stream(mpsc::Receiver<Result<Bytes, StreamAborted>>),
+    Piped(http_body_util::combinators::BoxBody<Bytes, StreamAborted>),
 }
 
 /// The function's response stream errored after the head was sent.
@@ -126,11 +140,16 @@ impl Body for ResponseBody {
         match self.get_mut() {
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Self::Stream(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|r| r.map(Frame::data))),
+            Self::Piped(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, Self::Full(None))
+        match self {
+            Self::Full(None) => true,
+            Self::Piped(body) => body.is_end_stream(),
+            _ => false,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -138,6 +157,7 @@ impl Body for ResponseBody {
             Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Self::Full(None) => SizeHint::with_exact(0),
             Self::Stream(_) => SizeHint::default(),
+            Self::Piped(body) => body.size_hint(),
         }
     }
 }

@@ -81,6 +81,22 @@ pub struct Module {
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BundleId([u8; 32]);
 
+impl std::str::FromStr for BundleId {
+    type Err = ();
+
+    /// The 64 hex digits [`fmt::Display`] writes.
+    fn from_str(s: &str) -> Result<Self, ()> {
+        if s.len() != 64 {
+            return Err(());
+        }
+        let mut id = [0u8; 32];
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or(())?, 16).map_err(|_| ())?;
+        }
+        Ok(Self(id))
+    }
+}
+
 impl BundleId {
     /// The first 12 hex digits: enough to tell versions apart in logs.
     pub fn short(&self) -> String {
@@ -120,7 +136,75 @@ pub struct Bundle {
     id: BundleId,
 }
 
+/// Why bytes are not a bundle in wire form.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("not a tern bundle (wrong header)")]
+    NotABundle,
+    #[error("the bundle is truncated")]
+    Truncated,
+    #[error("the bundle's manifest does not parse: {0}")]
+    Manifest(String),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("the bundle's content does not match its id: expected {expected}, got {actual}")]
+    WrongId { expected: BundleId, actual: BundleId },
+}
+
+const WIRE_MAGIC: &[u8] = b"tern-bundle-wire-v1";
+
 impl Bundle {
+    /// The bundle as bytes, to hand to another process: a header, then length-prefixed
+    /// fields (the manifest as JSON, then each module's path and bytes).
+    pub fn to_wire(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.modules.values().map(|m| m.bytes.len() + 64).sum::<usize>() + 256);
+        let mut field = |bytes: &[u8]| {
+            out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            out.extend_from_slice(bytes);
+        };
+        field(WIRE_MAGIC);
+        field(&serde_json::to_vec(&self.manifest).expect("manifest serializes"));
+        for (path, module) in &self.modules {
+            field(path.as_str().as_bytes());
+            field(&module.bytes);
+        }
+        out
+    }
+
+    /// Reads [`Self::to_wire`]'s bytes back, checking the content against `expected`.
+    pub fn from_wire(bytes: &[u8], expected: BundleId) -> Result<Self, WireError> {
+        let mut rest = bytes;
+        let mut next = || -> Result<Option<&[u8]>, WireError> {
+            if rest.is_empty() {
+                return Ok(None);
+            }
+            let (len, tail) = rest.split_first_chunk::<8>().ok_or(WireError::Truncated)?;
+            let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| WireError::Truncated)?;
+            if tail.len() < len {
+                return Err(WireError::Truncated);
+            }
+            let (field, tail) = tail.split_at(len);
+            rest = tail;
+            Ok(Some(field))
+        };
+        if next()? != Some(WIRE_MAGIC) {
+            return Err(WireError::NotABundle);
+        }
+        let manifest: Manifest = serde_json::from_slice(next()?.ok_or(WireError::Truncated)?)
+            .map_err(|e| WireError::Manifest(e.to_string()))?;
+        let mut files = Vec::new();
+        while let Some(path) = next()? {
+            let path = String::from_utf8(path.to_vec()).map_err(|_| WireError::Truncated)?;
+            let bytes = next()?.ok_or(WireError::Truncated)?;
+            files.push((path, bytes.to_vec()));
+        }
+        let bundle = Self::new(manifest, files)?;
+        if bundle.id() != expected {
+            return Err(WireError::WrongId { expected, actual: bundle.id() });
+        }
+        Ok(bundle)
+    }
+
     /// Builds a bundle from files; every file must be a module kind and `main` must be one.
     pub fn new(manifest: Manifest, files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Result<Self, BundleError> {
         let mut modules = BTreeMap::new();
@@ -189,6 +273,26 @@ mod tests {
         assert_eq!(a.id(), b.id());
         assert_ne!(a.id(), c.id());
         assert_eq!(a.id().to_string().len(), 64);
+    }
+
+    #[test]
+    fn a_bundle_survives_the_wire_and_a_changed_byte_is_caught() {
+        let mut m =
+            Manifest::parse("name = \"w\"\nmain = \"a.js\"\nroutes = [\"x.com/*\"]\n[limits]\ncpu_ms = 7\n").unwrap();
+        m.vars.insert("K".into(), serde_json::json!([1, 2]));
+        let a = Bundle::new(m, [("a.js".into(), b"export default {}".to_vec()), ("d.json".into(), b"{}".to_vec())])
+            .unwrap();
+        let wire = a.to_wire();
+        let b = Bundle::from_wire(&wire, a.id()).unwrap();
+        assert_eq!(b.id(), a.id());
+        assert_eq!(b.manifest, a.manifest);
+        assert_eq!(a.id().to_string().parse::<BundleId>(), Ok(a.id()));
+        let mut bad = wire.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(matches!(Bundle::from_wire(&bad, a.id()), Err(WireError::WrongId { .. })));
+        assert!(matches!(Bundle::from_wire(&wire[..wire.len() - 3], a.id()), Err(WireError::Truncated)));
+        assert!(matches!(Bundle::from_wire(b"nonsense", a.id()), Err(WireError::Truncated | WireError::NotABundle)));
     }
 
     #[test]

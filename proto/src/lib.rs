@@ -11,7 +11,7 @@ pub mod limits;
 pub mod manifest;
 pub mod route;
 
-pub use bundle::{Bundle, BundleError, BundleId, Module, ModuleKind, ModulePath};
+pub use bundle::{Bundle, BundleError, BundleId, Module, ModuleKind, ModulePath, WireError};
 pub use limits::Limits;
 pub use manifest::{Manifest, ManifestError};
 pub use route::{RoutePattern, RoutePatternError};

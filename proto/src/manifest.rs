@@ -22,13 +22,14 @@ use serde::{Deserialize, Serialize};
 use crate::limits::{LimitError, Limits, RawLimits};
 use crate::route::{RoutePattern, RoutePatternError};
 
-/// A validated manifest.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A validated manifest. It serializes (into bundle ids and the wire form of bundles) and
+/// deserializes back only from that form; users write `tern.toml`, read by [`Manifest::parse`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub name: String,
     pub main: String,
     pub compatibility_date: Option<String>,
-    #[serde(serialize_with = "serialize_routes")]
+    #[serde(serialize_with = "serialize_routes", deserialize_with = "deserialize_routes")]
     pub routes: Vec<RoutePattern>,
     pub vars: BTreeMap<String, serde_json::Value>,
     pub limits: Limits,
@@ -172,6 +173,11 @@ fn valid_date(date: &str) -> bool {
         && [y, m, d].iter().all(|p| p.bytes().all(|b| b.is_ascii_digit()))
         && (1..=12).contains(&m.parse::<u8>().unwrap_or(0))
         && (1..=31).contains(&d.parse::<u8>().unwrap_or(0)))
+}
+
+fn deserialize_routes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<RoutePattern>, D::Error> {
+    let raw: Vec<String> = Vec::deserialize(d)?;
+    raw.iter().map(|r| RoutePattern::parse(r).map_err(serde::de::Error::custom)).collect()
 }
 
 fn serialize_routes<S: serde::Serializer>(routes: &[RoutePattern], s: S) -> Result<S::Ok, S::Error> {
