@@ -124,15 +124,17 @@ impl HostPool {
     /// Hands `exchange` to the host of `bundle`'s function.
     pub fn dispatch(&self, bundle: Arc<Bundle>, exchange: Exchange) {
         let inner = self.inner.clone();
+        // Counted in before anything awaits, so that a host being replaced cannot be
+        // stopped between being chosen and counting this request.
+        let Some(guard) = inner.enter(bundle.name()) else {
+            let failure =
+                Failure { kind: FailureKind::IsolateHostCrashed, detail: "no isolate host is running".into() };
+            let _ = exchange.reply.send(tern_js_api::exchange::Reply::Failed(failure));
+            return;
+        };
         tokio::spawn(async move {
-            let Some(host) = inner.host_for(bundle.name()) else {
-                let failure =
-                    Failure { kind: FailureKind::IsolateHostCrashed, detail: "no isolate host is running".into() };
-                let _ = exchange.reply.send(tern_js_api::exchange::Reply::Failed(failure));
-                return;
-            };
             let reply =
-                forward(&inner, &host, &bundle, exchange.id, exchange.hops, exchange.url, exchange.request).await;
+                forward(&inner, guard, &bundle, exchange.id, exchange.hops, exchange.url, exchange.request).await;
             let _ = exchange.reply.send(reply);
         });
     }
@@ -155,7 +157,7 @@ fn crashed(host: &Host, e: impl std::fmt::Display) -> Failure {
 
 async fn forward(
     inner: &Arc<Inner>,
-    host: &Arc<Host>,
+    guard: InFlightGuard,
     bundle: &Arc<Bundle>,
     id: tern_js_api::exchange::RequestId,
     hops: u32,
@@ -163,6 +165,7 @@ async fn forward(
     request: http::Request<RequestBody>,
 ) -> tern_js_api::exchange::Reply {
     use tern_js_api::exchange::Reply;
+    let host = &guard.0.clone();
     if let Err(e) = host.ensure_loaded(bundle).await {
         return Reply::Failed(crashed(host, e));
     }
@@ -184,8 +187,6 @@ async fn forward(
             headers.insert(name, value);
         }
     }
-    host.in_flight.fetch_add(1, Ordering::AcqRel);
-    let guard = InFlightGuard(host.clone());
     let response = match host.send.clone().send_request(http::Request::from_parts(parts, body)).await {
         Ok(r) => r,
         Err(e) => return Reply::Failed(crashed(host, e)),
@@ -214,7 +215,7 @@ struct InFlightGuard(Arc<Host>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -260,6 +261,20 @@ impl Host {
 }
 
 impl Inner {
+    /// Counts a request into the host for `function`. A host that starts retiring meanwhile
+    /// is left for the next choice: retiring is set before the in-flight count is read, and
+    /// the count is raised before retiring is checked again, so one of the two sees the other.
+    fn enter(&self, function: &str) -> Option<InFlightGuard> {
+        loop {
+            let host = self.host_for(function)?;
+            host.in_flight.fetch_add(1, Ordering::SeqCst);
+            let guard = InFlightGuard(host);
+            if !guard.0.retiring.load(Ordering::SeqCst) {
+                return Some(guard);
+            }
+        }
+    }
+
     /// The live host for `function`: the same one while the set of hosts is the same.
     fn host_for(&self, function: &str) -> Option<Arc<Host>> {
         let hosts = lock(&self.hosts);
@@ -373,10 +388,10 @@ impl Inner {
             {
                 let mut hosts = lock(&inner.hosts);
                 hosts.push(fresh);
-                old.retiring.store(true, Ordering::Release);
+                old.retiring.store(true, Ordering::SeqCst);
             }
             let deadline = tokio::time::Instant::now() + RETIRE_PATIENCE;
-            while old.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            while old.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             lock(&inner.hosts).retain(|h| h.id != old.id);
