@@ -1,4 +1,6 @@
-//! `tern`: one binary for every role of the platform. Today: `tern dev`.
+//! `tern`: one binary for every role of the platform. Today: `tern dev`, and the internal
+//! roles it starts: `tern serve` (a server process) and `tern isolate-host` (isolates in a
+//! process of their own).
 //!
 //! Parses the command line, sets up logging and hands off to the role's module; no role
 //! logic lives here.

@@ -44,7 +44,8 @@ impl NodeError {
                 FailureKind::CpuLimitExceeded
                 | FailureKind::MemoryLimitExceeded
                 | FailureKind::StartupLimitExceeded
-                | FailureKind::WallTimeExceeded => StatusCode::SERVICE_UNAVAILABLE,
+                | FailureKind::WallTimeExceeded
+                | FailureKind::SubrequestLimitExceeded => StatusCode::SERVICE_UNAVAILABLE,
             },
             Self::RequestBodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ResponseBodyTooLarge { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -89,6 +90,7 @@ impl NodeError {
                     FailureKind::StartupLimitExceeded => "exceeded its startup CPU limit",
                     FailureKind::WallTimeExceeded => "exceeded its wall time limit",
                     FailureKind::IsolateHostCrashed => "lost its isolate host process before it answered",
+                    FailureKind::SubrequestLimitExceeded => "made too many subrequests",
                 };
                 if is_limit(failure.kind) {
                     // Which limit and its value are the user's own configuration: always said.
@@ -120,6 +122,7 @@ fn is_limit(kind: FailureKind) -> bool {
             | FailureKind::MemoryLimitExceeded
             | FailureKind::StartupLimitExceeded
             | FailureKind::WallTimeExceeded
+            | FailureKind::SubrequestLimitExceeded
     )
 }
 
@@ -140,6 +143,7 @@ mod tests {
             (f(FailureKind::LoadFailed), 500, "load_failed"),
             (f(FailureKind::IsolateFailed), 502, "isolate_failed"),
             (f(FailureKind::IsolateHostCrashed), 502, "isolate_host_crashed"),
+            (f(FailureKind::SubrequestLimitExceeded), 503, "subrequest_limit_exceeded"),
             (f(FailureKind::CpuLimitExceeded), 503, "cpu_limit_exceeded"),
             (f(FailureKind::MemoryLimitExceeded), 503, "memory_limit_exceeded"),
             (f(FailureKind::StartupLimitExceeded), 503, "startup_limit_exceeded"),

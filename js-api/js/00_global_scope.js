@@ -94,11 +94,12 @@ function countingHops(webFetch, Request) {
     let outbound;
     try {
       outbound = new Request(input, init);
+      // Counts the subrequest (refused past limits.subrequests), even one the policy refuses.
+      outbound.headers.set("tern-hops", String(op_tern_outbound_hops()));
       op_tern_egress_check(outbound.url);
     } catch (e) {
       return PromiseReject(e);
     }
-    outbound.headers.set("tern-hops", String(op_tern_outbound_hops()));
     return PromisePrototypeCatch(webFetch(outbound), (e) => {
       // A name resolving inside is refused by our resolver, under deno_fetch's "fetch failed".
       const cause = String(e?.cause?.message ?? e?.cause ?? "");

@@ -83,6 +83,8 @@ pub enum FailureKind {
     WallTimeExceeded,
     /// The isolate host process serving the function died with the request in it.
     IsolateHostCrashed,
+    /// The request made more outbound fetches than `limits.subrequests`.
+    SubrequestLimitExceeded,
 }
 
 impl FailureKind {
@@ -98,6 +100,7 @@ impl FailureKind {
             Self::StartupLimitExceeded => "startup_limit_exceeded",
             Self::WallTimeExceeded => "wall_time_exceeded",
             Self::IsolateHostCrashed => "isolate_host_crashed",
+            Self::SubrequestLimitExceeded => "subrequest_limit_exceeded",
         }
     }
 
@@ -112,6 +115,7 @@ impl FailureKind {
             Self::StartupLimitExceeded,
             Self::WallTimeExceeded,
             Self::IsolateHostCrashed,
+            Self::SubrequestLimitExceeded,
         ]
         .into_iter()
         .find(|k| k.code() == code)
@@ -201,6 +205,8 @@ pub struct InFlight {
 struct Entry {
     request: RequestId,
     hops: u32,
+    /// Outbound fetches charged to this request.
+    subrequests: u32,
     /// CPU time of the isolate charged to this request so far.
     cpu: std::time::Duration,
     body: Option<RequestBody>,
@@ -217,7 +223,15 @@ impl InFlight {
     ) -> u32 {
         self.next_id = self.next_id.wrapping_add(1);
         let (request, hops) = exchange_id;
-        let entry = Entry { request, hops, cpu: std::time::Duration::ZERO, body, reply: Some(reply), stream: None };
+        let entry = Entry {
+            request,
+            hops,
+            subrequests: 0,
+            cpu: std::time::Duration::ZERO,
+            body,
+            reply: Some(reply),
+            stream: None,
+        };
         self.entries.insert(self.next_id, entry);
         self.next_id
     }
@@ -235,6 +249,20 @@ impl InFlight {
     /// share the highest count: a loop is never missed, a fetch may be counted high.)
     pub fn outbound_hops(&self) -> u32 {
         self.entries.values().map(|e| e.hops).max().unwrap_or(0) + 1
+    }
+
+    /// Charges an outbound fetch made now to every request in flight (without per-request
+    /// async context, a fetch cannot be told apart between concurrent requests: each is
+    /// charged, so none gets more than its limit). Refused past `limit`.
+    pub fn count_subrequest(&mut self, limit: u32) -> Result<(), String> {
+        if self.entries.values().any(|e| e.subrequests >= limit) {
+            return Err(format!(
+                "{SUBREQUEST_LIMIT_MESSAGE}: this request already made {limit} outbound fetches, its limit \
+                 (limits.subrequests)"
+            ));
+        }
+        self.entries.values_mut().for_each(|e| e.subrequests += 1);
+        Ok(())
     }
 
     /// The most CPU time charged to any request in flight.
@@ -355,9 +383,18 @@ pub async fn op_tern_next_request(
 
 /// The `tern-hops` value for an outbound request made now.
 #[op2(fast)]
-pub fn op_tern_outbound_hops(state: &mut OpState) -> u32 {
-    state.borrow::<InFlight>().outbound_hops()
+pub fn op_tern_outbound_hops(state: &mut OpState) -> Result<u32, JsErrorBox> {
+    let limit = state.try_borrow::<SubrequestLimit>().map_or(u32::MAX, |l| l.0);
+    let in_flight = state.borrow_mut::<InFlight>();
+    in_flight.count_subrequest(limit).map_err(JsErrorBox::type_error)?;
+    Ok(in_flight.outbound_hops())
 }
+
+/// The function's `limits.subrequests`, in its isolate's state.
+pub struct SubrequestLimit(pub u32);
+
+/// The start of the message a fetch past the subrequest limit rejects with.
+pub const SUBREQUEST_LIMIT_MESSAGE: &str = "Too many subrequests";
 
 /// Reads the next chunk of a request body; an empty array means the body ended.
 #[op2]
@@ -464,6 +501,13 @@ pub fn op_tern_fail(state: &mut OpState, id: u32, #[string] kind: &str, #[string
         return;
     };
     let mut failure = Failure { kind: FailureKind::from_code(kind), detail: detail.replace(crate::MODULE_ROOT, "") };
+    if failure.kind == FailureKind::UncaughtException && failure.detail.contains(SUBREQUEST_LIMIT_MESSAGE) {
+        failure.kind = FailureKind::SubrequestLimitExceeded;
+        let function = state.borrow::<FunctionIdentity>();
+        tracing::warn!(target: "tern::kill", function = %function.name, version = %function.version,
+            limit = failure.kind.code(), phase = "request", requests = %entry.request,
+            "function killed: {}", failure.kind.code());
+    }
     if is_out_of_memory(&failure.detail) {
         // The engine refused an allocation at the heap limit: that is the memory limit, and
         // the isolate is done for (the host sees the marker after this turn).

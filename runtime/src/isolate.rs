@@ -20,7 +20,7 @@ use deno_core::{JsRuntime, PollEventLoopOptions, RuntimeOptions, v8};
 use tern_js_api::egress::Egress;
 use tern_js_api::exchange::{
     Exchange, Failure, FailureKind, FunctionIdentity, HeapExhausted, InFlight, Inbox, Reply, RequestId,
-    is_out_of_memory,
+    SubrequestLimit, is_out_of_memory,
 };
 use tern_js_api::{FunctionEnv, ModuleBytes, ServeEntry};
 use tern_proto::{Bundle, Limits, ModulePath};
@@ -277,6 +277,7 @@ impl Function<'_> {
             state.put(self.identity.clone());
             state.put(inbox.clone());
             state.put(InFlight::default());
+            state.put(SubrequestLimit(bundle.manifest.limits.subrequests));
             state.put(FunctionEnv::from_vars(&bundle.manifest.vars));
             state.put::<Rc<dyn ModuleBytes>>(Rc::new(BundleFiles(bundle.clone())));
         }
