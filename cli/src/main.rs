@@ -81,7 +81,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         isolate_hosts: usize,
         /// Replace an isolate host after it has booted this many isolates.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 100)]
         host_recycle_after: u64,
         /// Evict isolates (least recently used) beyond this estimated memory.
         #[arg(long, default_value_t = 4096)]
@@ -112,7 +112,7 @@ enum Command {
         allow_loopback: bool,
         #[arg(long, default_value_t = 0)]
         isolate_hosts: usize,
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 100)]
         host_recycle_after: u64,
         #[arg(long, default_value_t = 4096)]
         isolate_memory_budget_mib: u64,
