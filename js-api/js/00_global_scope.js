@@ -2,7 +2,14 @@
 // extension crates, plus what is ours (console to the node's log, navigator, the
 // Workers handler protocol in 10_handler.js). Runs once per isolate at boot.
 import { core, internals, primordials } from "ext:core/mod.js";
-import { op_tern_egress_check, op_tern_log, op_tern_module_bytes, op_tern_outbound_hops } from "ext:core/ops";
+import {
+  op_tern_egress_check,
+  op_tern_log,
+  op_tern_module_bytes,
+  op_tern_outbound_hops,
+  op_tern_wasm_clamp,
+  op_tern_wasm_max_pages,
+} from "ext:core/ops";
 import { installHandlerProtocol } from "ext:tern_api/10_handler.js";
 
 const { ObjectDefineProperty, ObjectDefineProperties, ObjectSetPrototypeOf, SymbolFor } = primordials;
@@ -114,6 +121,51 @@ function countingHops(webFetch, Request) {
     });
   };
 }
+
+// WebAssembly memories stay under the function's memory limit: every module is compiled
+// from bytes whose memories have a maximum of at most the limit (js-api/src/wasm_limits.rs),
+// and `new WebAssembly.Memory` is clamped the same way. Modules, instances and memories
+// are still the engine's own (`instanceof` holds).
+function limitWebAssemblyMemory(WA) {
+  const { Module: EngineModule, Memory: EngineMemory, compile, instantiate } = WA;
+  const { ObjectDefineProperty, PromiseReject, MathMin, ObjectAssign } = primordials;
+  const adopt = (Wrapper, Engine, statics) => {
+    ObjectDefineProperty(Wrapper, "prototype", { value: Engine.prototype });
+    ObjectDefineProperty(Engine.prototype, "constructor", { value: Wrapper, writable: true, configurable: true });
+    for (const name of statics) Wrapper[name] = Engine[name];
+    return Wrapper;
+  };
+  WA.Module = adopt(function Module(bytes) {
+    if (new.target === undefined) throw new TypeError("WebAssembly.Module must be called with new");
+    return new EngineModule(op_tern_wasm_clamp(bytes));
+  }, EngineModule, ["exports", "imports", "customSections"]);
+  WA.Memory = adopt(function Memory(descriptor) {
+    if (new.target === undefined) throw new TypeError("WebAssembly.Memory must be called with new");
+    const most = op_tern_wasm_max_pages();
+    const wanted = ObjectAssign({}, descriptor);
+    if (wanted.initial > most) {
+      throw new RangeError(`WebAssembly.Memory of ${wanted.initial} pages is over the function's memory limit (limits.memory_mib)`);
+    }
+    wanted.maximum = MathMin(wanted.maximum ?? most, most);
+    return new EngineMemory(wanted);
+  }, EngineMemory, []);
+  WA.compile = function compile_(bytes) {
+    try {
+      return compile(op_tern_wasm_clamp(bytes));
+    } catch (e) {
+      return PromiseReject(e);
+    }
+  };
+  WA.instantiate = function instantiate_(source, imports) {
+    if (source instanceof EngineModule) return instantiate(source, imports);
+    try {
+      return instantiate(op_tern_wasm_clamp(source), imports);
+    } catch (e) {
+      return PromiseReject(e);
+    }
+  };
+}
+if (globalThis.WebAssembly) limitWebAssemblyMemory(globalThis.WebAssembly);
 
 core.setReportExceptionCallback((e) => reportUncaught("in microtask", e));
 core.setUnhandledPromiseRejectionHandler((_promise, reason) => {

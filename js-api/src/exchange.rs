@@ -488,6 +488,10 @@ pub fn op_tern_body_close(state: &mut OpState, id: u32) {
 /// Put in the isolate's state when JS ran out of heap; the host then ends the isolate.
 pub struct HeapExhausted;
 
+/// Set (by the host's ArrayBuffer allocator) once an allocation was refused for the memory
+/// limit: whatever error the engine turned that into, the request failed for memory.
+pub struct AllocationRefused(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+
 /// Whether a JS error text is the engine refusing an allocation at the heap limit.
 pub fn is_out_of_memory(text: &str) -> bool {
     text.contains("InternalError: out of memory") || text.contains("RangeError: Array buffer allocation failed")
@@ -508,7 +512,9 @@ pub fn op_tern_fail(state: &mut OpState, id: u32, #[string] kind: &str, #[string
             limit = failure.kind.code(), phase = "request", requests = %entry.request,
             "function killed: {}", failure.kind.code());
     }
-    if is_out_of_memory(&failure.detail) {
+    let refused =
+        state.try_borrow::<AllocationRefused>().is_some_and(|r| r.0.load(std::sync::atomic::Ordering::Relaxed));
+    if refused || is_out_of_memory(&failure.detail) {
         // The engine refused an allocation at the heap limit: that is the memory limit, and
         // the isolate is done for (the host sees the marker after this turn).
         failure.kind = FailureKind::MemoryLimitExceeded;

@@ -10,6 +10,7 @@
 pub mod console;
 pub mod egress;
 pub mod exchange;
+pub mod wasm_limits;
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -68,6 +69,24 @@ fn op_tern_egress_check(state: &mut OpState, #[string] url: &str) -> Result<(), 
     egress::check_url(&state.borrow::<egress::Denied>().0, url).map_err(JsErrorBox::type_error)
 }
 
+/// The memory limit WebAssembly memories are clamped to, in the isolate's state.
+pub struct WasmMemoryCap(pub u64);
+
+/// A WebAssembly module's bytes with its memories clamped to the function's memory limit.
+#[op2]
+#[buffer]
+fn op_tern_wasm_clamp(state: &mut OpState, #[anybuffer] module: &[u8]) -> Result<Vec<u8>, JsErrorBox> {
+    let cap = state.try_borrow::<WasmMemoryCap>().map_or(128 << 20, |c| c.0);
+    wasm_limits::clamp_memories(module, cap).map_err(|e| JsErrorBox::new("CompileError", e))
+}
+
+/// Pages a `new WebAssembly.Memory` may have at most.
+#[op2(fast)]
+fn op_tern_wasm_max_pages(state: &mut OpState) -> u32 {
+    let cap = state.try_borrow::<WasmMemoryCap>().map_or(128 << 20, |c| c.0);
+    u32::try_from(cap / wasm_limits::PAGE_BYTES).unwrap_or(u32::MAX)
+}
+
 deno_core::extension!(
     tern_api,
     deps = [deno_webidl, deno_web, deno_crypto, deno_net, deno_fetch],
@@ -86,6 +105,8 @@ deno_core::extension!(
         exchange::op_tern_fail,
         exchange::op_tern_outbound_hops,
         op_tern_egress_check,
+        op_tern_wasm_clamp,
+        op_tern_wasm_max_pages,
     ],
     esm_entry_point = "ext:tern_api/00_global_scope.js",
     esm = [dir "js", "00_global_scope.js", "10_handler.js"],

@@ -107,6 +107,12 @@ impl WarmIsolate {
             js.execute_script("ext:tern/refuse_codegen.js", tern_js_api::REFUSE_CODE_GENERATION)
                 .map_err(|e| format!("could not lock code generation: {e}"))?;
         }
+        {
+            let state = js.op_state();
+            let mut state = state.borrow_mut();
+            state.put(tern_js_api::WasmMemoryCap(shape.memory_limit));
+            state.put(tern_js_api::exchange::AllocationRefused(memory.refused_flag()));
+        }
         watchdog::watch(&tripwire);
         Ok(Self { js, loader, tripwire, memory, egress: egress.clone() })
     }

@@ -20,6 +20,8 @@ pub struct MemoryMeter {
     /// The engine heap at the last sample (see [`Self::record_heap`]).
     heap: AtomicUsize,
     tripwire: OnceLock<Arc<Tripwire>>,
+    /// Set on the first refused allocation (shared with the isolate's state).
+    refused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MemoryMeter {
@@ -29,6 +31,7 @@ impl MemoryMeter {
             array_buffers: AtomicUsize::new(0),
             heap: AtomicUsize::new(0),
             tripwire: OnceLock::new(),
+            refused: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -39,6 +42,11 @@ impl MemoryMeter {
     /// Who to trip when an allocation is refused (the isolate exists only after the meter).
     pub fn set_tripwire(&self, tripwire: Arc<Tripwire>) {
         let _ = self.tripwire.set(tripwire);
+    }
+
+    /// The flag set when an allocation is refused, for the isolate's state.
+    pub fn refused_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.refused.clone()
     }
 
     pub fn array_buffer_bytes(&self) -> usize {
@@ -59,6 +67,7 @@ impl MemoryMeter {
         let mut current = self.array_buffers.load(Ordering::Relaxed);
         loop {
             if heap.saturating_add(current).saturating_add(len) > self.limit {
+                self.refused.store(true, Ordering::Relaxed);
                 if let Some(t) = self.tripwire.get() {
                     t.trip(Breach::Memory);
                 }
