@@ -101,9 +101,11 @@ async fn a_crashed_host_costs_only_its_in_flight_requests() {
 }
 
 #[tokio::test]
-async fn hosts_are_replaced_as_they_boot_isolates_and_every_request_is_answered() {
+async fn bug_a_replaced_host_is_not_stopped_under_its_requests_across_many_replacements() {
     // One host, replaced every 6 boots; a memory budget of two isolates, so cycling through
-    // six functions keeps evicting and booting isolates.
+    // six functions keeps evicting and booting isolates. The bug: a host being replaced was
+    // stopped as soon as it had nothing in flight, even under a request it had just been
+    // given but not yet sent (502 isolate_host_crashed mid-run).
     let functions: Vec<Project> = (0..6)
         .map(|i| {
             Project::new(
