@@ -45,10 +45,7 @@ pub struct DevOptions {
     pub ca_certs: Vec<PathBuf>,
     pub header_read_timeout: Duration,
     pub admin_port: Option<u16>,
-    pub allow_loopback: bool,
-    pub isolate_hosts: usize,
-    pub host_recycle_after: u64,
-    pub isolate_memory_budget_mib: u64,
+    pub isolates: crate::IsolateArgs,
 }
 
 struct Project {
@@ -153,10 +150,7 @@ impl ServerProcess {
             .args(["--log-format", options.log_format, "serve", "--http-threads"])
             .arg(options.http_threads.to_string())
             .args(if options.paths.len() == 1 { &["--any-host"][..] } else { &[] })
-            .args(if options.allow_loopback { &["--allow-loopback"][..] } else { &[] })
-            .arg(format!("--isolate-hosts={}", options.isolate_hosts))
-            .arg(format!("--host-recycle-after={}", options.host_recycle_after))
-            .arg(format!("--isolate-memory-budget-mib={}", options.isolate_memory_budget_mib))
+            .args(options.isolates.to_args())
             .args(options.ca_certs.iter().flat_map(|c| [std::ffi::OsStr::new("--ca-cert"), c.as_os_str()]))
             .arg(format!("--header-read-timeout={}ms", options.header_read_timeout.as_millis()))
             .args(&options.paths)

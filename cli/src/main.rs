@@ -72,20 +72,8 @@ enum Command {
         /// Serve the admin endpoint (`/metrics` in Prometheus text, `/healthz`) on this port.
         #[arg(long, value_name = "PORT")]
         admin_port: Option<u16>,
-        /// Let functions' outbound fetch reach loopback addresses (127.0.0.0/8, ::1), for
-        /// local development against services on this machine. Other private ranges stay
-        /// refused.
-        #[arg(long)]
-        allow_loopback: bool,
-        /// Run isolates in this many isolate host processes (0: in the server process).
-        #[arg(long, default_value_t = 0)]
-        isolate_hosts: usize,
-        /// Replace an isolate host after it has booted this many isolates.
-        #[arg(long, default_value_t = 100)]
-        host_recycle_after: u64,
-        /// Evict isolates (least recently used) beyond this estimated memory.
-        #[arg(long, default_value_t = 4096)]
-        isolate_memory_budget_mib: u64,
+        #[command(flatten)]
+        isolates: IsolateArgs,
     },
     /// Internal: serve projects on the listening socket given as standard input (`tern dev`
     /// runs one such process per set of versions).
@@ -108,14 +96,8 @@ enum Command {
         /// An inherited listening socket for the admin endpoint.
         #[arg(long, value_name = "FD")]
         admin_fd: Option<i32>,
-        #[arg(long)]
-        allow_loopback: bool,
-        #[arg(long, default_value_t = 0)]
-        isolate_hosts: usize,
-        #[arg(long, default_value_t = 100)]
-        host_recycle_after: u64,
-        #[arg(long, default_value_t = 4096)]
-        isolate_memory_budget_mib: u64,
+        #[command(flatten)]
+        isolates: IsolateArgs,
     },
     /// Internal: run isolates for the node connected on standard input.
     #[command(hide = true)]
@@ -129,6 +111,41 @@ enum Command {
         #[arg(long = "ca-cert", value_name = "FILE")]
         ca_certs: Vec<PathBuf>,
     },
+}
+
+/// Where isolates run and what they may reach: `tern dev` takes these and hands them to its
+/// `tern serve` process unchanged.
+#[derive(clap::Args, Clone, Debug)]
+pub struct IsolateArgs {
+    /// Let functions' outbound fetch reach loopback addresses (127.0.0.0/8, ::1), for
+    /// local development against services on this machine. Other private ranges stay
+    /// refused.
+    #[arg(long)]
+    pub allow_loopback: bool,
+    /// Run isolates in this many isolate host processes (0: in the server process).
+    #[arg(long, default_value_t = 0)]
+    pub isolate_hosts: usize,
+    /// Replace an isolate host after it has booted this many isolates.
+    #[arg(long, default_value_t = 100)]
+    pub host_recycle_after: u64,
+    /// Evict isolates (least recently used) beyond this estimated memory.
+    #[arg(long, default_value_t = 4096)]
+    pub isolate_memory_budget_mib: u64,
+}
+
+impl IsolateArgs {
+    /// The same flags, for a child `tern serve`.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--isolate-hosts={}", self.isolate_hosts),
+            format!("--host-recycle-after={}", self.host_recycle_after),
+            format!("--isolate-memory-budget-mib={}", self.isolate_memory_budget_mib),
+        ];
+        if self.allow_loopback {
+            args.push("--allow-loopback".into());
+        }
+        args
+    }
 }
 
 /// `250ms`, `10s`: a duration with its unit.
@@ -175,19 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         LogFormat::Json => "json",
     };
     match cli.command {
-        Command::Dev {
-            paths,
-            port,
-            ip,
-            http_threads,
-            ca_certs,
-            header_read_timeout,
-            admin_port,
-            allow_loopback,
-            isolate_hosts,
-            host_recycle_after,
-            isolate_memory_budget_mib,
-        } => {
+        Command::Dev { paths, port, ip, http_threads, ca_certs, header_read_timeout, admin_port, isolates } => {
             let http_threads =
                 http_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             rt.block_on(dev::run(dev::DevOptions {
@@ -199,10 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ca_certs,
                 header_read_timeout,
                 admin_port,
-                allow_loopback,
-                isolate_hosts,
-                host_recycle_after,
-                isolate_memory_budget_mib,
+                isolates,
             }))
         }
         Command::Serve {
@@ -213,10 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ca_certs,
             header_read_timeout,
             admin_fd,
-            allow_loopback,
-            isolate_hosts,
-            host_recycle_after,
-            isolate_memory_budget_mib,
+            isolates,
         } => {
             let limits = tern_edge_node::ServerLimits { header_read_timeout, ..Default::default() };
             // HTTP is served on this runtime's threads; isolates run on threads of their own.
@@ -232,10 +231,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fallback: any_host,
                 limits,
                 admin_fd,
-                allow_loopback,
-                isolate_hosts,
-                host_recycle_after,
-                memory_budget_mib: isolate_memory_budget_mib,
+                isolates,
                 log_format,
             }))
         }

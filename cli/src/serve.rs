@@ -38,14 +38,8 @@ pub struct ServeOptions {
     pub limits: ServerLimits,
     /// Listening socket inherited for the admin endpoint.
     pub admin_fd: Option<i32>,
-    /// Outbound fetch may reach loopback addresses.
-    pub allow_loopback: bool,
-    /// Isolates: in this many host processes (0: in this process).
-    pub isolate_hosts: usize,
-    /// A host process is replaced after booting this many isolates.
-    pub host_recycle_after: u64,
-    /// Isolates are evicted beyond this estimated memory (per process that holds them).
-    pub memory_budget_mib: u64,
+    /// Where isolates run, and whether they may reach loopback.
+    pub isolates: crate::IsolateArgs,
     pub log_format: &'static str,
 }
 
@@ -67,28 +61,29 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         bundles.push(Arc::new(project::load(path)?));
     }
     let fallback = options.fallback.then(|| bundles[0].name().to_string());
-    let backend = if options.isolate_hosts == 0 {
-        let egress = Egress { policy: egress_policy(options.allow_loopback), roots: trusted_roots(&options.ca_certs)? };
+    let backend = if options.isolates.isolate_hosts == 0 {
+        let egress =
+            Egress { policy: egress_policy(options.isolates.allow_loopback), roots: trusted_roots(&options.ca_certs)? };
         Backend::InProcess(Isolates::start(IsolateConfig {
             egress,
             warm_pool: options.warm_pool,
-            memory_budget: options.memory_budget_mib << 20,
+            memory_budget: options.isolates.isolate_memory_budget_mib << 20,
             ..IsolateConfig::default()
         })?)
     } else {
         trusted_roots(&options.ca_certs)?;
         let mut args: Vec<String> = vec!["--log-format".into(), options.log_format.into(), "isolate-host".into()];
         args.extend(["--warm-pool".into(), options.warm_pool.to_string()]);
-        args.extend(["--memory-budget-mib".into(), options.memory_budget_mib.to_string()]);
-        if options.allow_loopback {
+        args.extend(["--memory-budget-mib".into(), options.isolates.isolate_memory_budget_mib.to_string()]);
+        if options.isolates.allow_loopback {
             args.push("--allow-loopback".into());
         }
         for ca in &options.ca_certs {
             args.extend(["--ca-cert".into(), ca.display().to_string()]);
         }
         let config = HostConfig {
-            count: options.isolate_hosts,
-            recycle_after: options.host_recycle_after,
+            count: options.isolates.isolate_hosts,
+            recycle_after: options.isolates.host_recycle_after,
             program: std::env::current_exe().context("cannot find the tern executable")?,
             args,
         };

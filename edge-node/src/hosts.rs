@@ -104,11 +104,6 @@ impl HostPool {
         &self.inner.stats
     }
 
-    /// Process ids of the live hosts (for operators and tests).
-    pub fn pids(&self) -> Vec<u32> {
-        lock(&self.inner.hosts).iter().map(|h| h.pid).collect()
-    }
-
     /// Boots the isolate of `bundle` on its host ahead of its first request.
     pub async fn prepare_and_wait(&self, bundle: Arc<Bundle>) {
         let Some(host) = self.inner.host_for(bundle.name()) else { return };

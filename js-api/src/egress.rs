@@ -265,6 +265,14 @@ pub fn permissions(policy: &EgressPolicy) -> PermissionsContainer {
     }
 }
 
+/// Puts what deno_fetch and Tern's egress check read into an isolate's state: the
+/// permissions for `policy` and its denied ranges. Used at isolate boot, and again when a
+/// function's `[egress] allow` widens the node's policy (with [`fetch_options`] as well).
+pub fn put_policy(state: &mut deno_core::OpState, policy: &EgressPolicy) {
+    state.put(permissions(policy));
+    state.put(Denied(Arc::new(policy.denied())));
+}
+
 /// The most hops a request may have made through Tern nodes before it is refused.
 pub const MAX_HOPS: u32 = 16;
 /// Header carrying the hop count on requests functions send (and the node reads).

@@ -112,8 +112,7 @@ deno_core::extension!(
     esm = [dir "js", "00_global_scope.js", "10_handler.js"],
     options = { policy: egress::EgressPolicy },
     state = |state, options| {
-        state.put(egress::permissions(&options.policy));
-        state.put(egress::Denied(std::sync::Arc::new(options.policy.denied())));
+        egress::put_policy(state, &options.policy);
     },
 );
 

@@ -139,8 +139,7 @@ impl WarmIsolate {
             let widened = Egress { policy: policy.also_allowing(&bundle.manifest.egress_allow), roots: roots.clone() };
             let state = js.op_state();
             let mut state = state.borrow_mut();
-            state.put(tern_js_api::egress::permissions(&widened.policy));
-            state.put(tern_js_api::egress::Denied(Arc::new(widened.policy.denied())));
+            tern_js_api::egress::put_policy(&mut state, &widened.policy);
             state.put(tern_js_api::egress::fetch_options(&widened));
         }
         let mut function = Function { identity, limits, tripwire, memory, stats, startup_used: Duration::ZERO };
@@ -217,19 +216,10 @@ impl Function<'_> {
         Failure { kind, detail }
     }
 
-    /// Runs `fut` (JS work on `js`) metered against the startup budget.
+    /// Runs `fut` (JS work on `js`) metered against the startup budget, poll by poll.
     async fn startup<T>(&mut self, fut: impl Future<Output = T>) -> T {
         let mut fut = std::pin::pin!(fut);
-        let clock = self.tripwire.clock();
-        std::future::poll_fn(|cx| {
-            let start = clock.now();
-            self.tripwire.arm(start, self.limits.startup_cpu.saturating_sub(self.startup_used), Breach::Startup);
-            let r = fut.as_mut().poll(cx);
-            self.tripwire.disarm();
-            self.startup_used += clock.now().saturating_sub(start);
-            r
-        })
-        .await
+        std::future::poll_fn(|cx| self.startup_sync(|| fut.as_mut().poll(cx))).await
     }
 
     /// Runs `f` (synchronous JS work, such as evaluating modules) metered against the

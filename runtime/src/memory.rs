@@ -57,11 +57,6 @@ impl MemoryMeter {
         self.heap.store(bytes, Ordering::Relaxed);
     }
 
-    /// Heap (last sample) plus ArrayBuffers.
-    pub fn total(&self) -> usize {
-        self.heap.load(Ordering::Relaxed) + self.array_buffer_bytes()
-    }
-
     fn reserve(&self, len: usize) -> bool {
         let heap = self.heap.load(Ordering::Relaxed);
         let mut current = self.array_buffers.load(Ordering::Relaxed);
@@ -144,6 +139,6 @@ mod tests {
         assert!(!m.reserve(200), "400 heap + 500 + 200 is over 1000");
         m.release(500);
         assert!(m.reserve(600));
-        assert_eq!(m.total(), 1000);
+        assert_eq!(m.array_buffer_bytes(), 600);
     }
 }

@@ -147,10 +147,6 @@ impl Tripwire {
         let _ = self.on_stuck.set(f);
     }
 
-    pub fn is_stuck(&self) -> bool {
-        self.stuck.load(Ordering::Relaxed)
-    }
-
     /// JS still running [`STUCK_AFTER`] after termination cannot be stopped in this process
     /// (on quickjs, a chain of microtasks each re-queuing the next swallows termination).
     /// Its thread is lowered to the least CPU priority and the function moves on to a fresh

@@ -42,21 +42,15 @@ impl RuntimeStats {
         self.function_cpu_seconds.inc_by(cpu.as_secs_f64());
     }
 
-    /// Counts a kill for the limit `kind` stands for (other kinds are not kills).
+    /// Counts a kill for the limit `kind` stands for (other kinds are not the runtime's kills;
+    /// wall time is counted by the node).
     pub fn count_kill(&self, kind: FailureKind) {
         if matches!(
             kind,
-            FailureKind::CpuLimitExceeded
-                | FailureKind::MemoryLimitExceeded
-                | FailureKind::StartupLimitExceeded
-                | FailureKind::WallTimeExceeded
+            FailureKind::CpuLimitExceeded | FailureKind::MemoryLimitExceeded | FailureKind::StartupLimitExceeded
         ) {
             self.kills.get_or_create(&LimitLabel { limit: kind.code() }).inc();
         }
-    }
-
-    pub fn kills_for(&self, kind: FailureKind) -> u64 {
-        self.kills.get_or_create(&LimitLabel { limit: kind.code() }).get()
     }
 
     /// Adds these metrics to `registry` (names as they will read: `tern_isolates_live`, ...).
