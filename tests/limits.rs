@@ -1,5 +1,6 @@
 //! Per-function limits from `tern.toml` `[limits]`, through the real binary: what is charged,
-//! what a kill answers and records, and what a function may opt into.
+//! what a kill answers and records, and what a function may opt into; and what tenants share
+//! on a node (the engine's code cache).
 
 mod support;
 
@@ -141,5 +142,43 @@ async fn the_admin_endpoint_counts_requests_errors_and_kills_in_prometheus_text(
     // Gauges of the moment (the killed isolate's replacement may still be on its way).
     for gauge in ["tern_isolates_live ", "tern_isolates_warm ", "tern_function_cpu_seconds_total "] {
         assert!(metrics.text.lines().any(|l| l.starts_with(gauge)), "{gauge:?} missing from:\n{}", metrics.text);
+    }
+}
+
+#[tokio::test]
+async fn the_code_cache_is_private_to_tern_and_keyed_per_function_not_by_source() {
+    let dir = std::env::temp_dir().join(format!("tern-code-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let env = [("TERN_CODE_CACHE_DIR", dir.as_path())];
+    let code = "export default { fetch() { return new Response('same source'); } };";
+    let alpha = Project::new("alpha", &[("index.js", code)]);
+    let beta = Project::new("beta", &[("index.js", code)]);
+    let entries = || {
+        std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "qbc")).count()
+    };
+
+    serve_once(&[(&alpha, "alpha")], &env).await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "the cache directory is private");
+    assert_eq!(mode(&dir.join("salt.key")), 0o600, "the cache key is private");
+    let first = entries();
+    assert!(first > 0, "the engine writes its cache where Tern points it");
+
+    serve_once(&[(&alpha, "alpha")], &env).await;
+    assert_eq!(entries(), first, "a restart reuses the cache: the key persists");
+
+    serve_once(&[(&alpha, "alpha"), (&beta, "beta")], &env).await;
+    assert_eq!(entries(), first + 1, "the same source in another function gets an entry of its own");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Starts `tern dev` on the projects, asks each once, stops it.
+async fn serve_once(projects: &[(&Project, &str)], env: &[(&str, &std::path::Path)]) {
+    let paths: Vec<_> = projects.iter().map(|(p, _)| p.path()).collect();
+    let tern = Tern::dev_with_env(&paths, &[], env);
+    for (_, name) in projects {
+        let a = get(&tern, &format!("{name}.localhost"), "/").await;
+        assert_eq!((a.status, a.text.as_str()), (200, "same source"));
     }
 }

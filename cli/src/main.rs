@@ -185,6 +185,10 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if matches!(cli.command, Command::Serve { .. } | Command::IsolateHost { .. }) {
+        // Roles that run isolates own the engine's code cache; before any thread starts.
+        tern_runtime::code_cache::install(&tern_runtime::code_cache::default_dir())?;
+    }
     // The supervisor's runtime: it only watches files and signals. Serving roles build their own.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let log_format = match cli.log_format {

@@ -3,10 +3,11 @@
 //! Owns where isolates live and the warm pool ([`pool`]), the life of one function's
 //! isolate ([`isolate`]), CPU and memory accounting ([`meter`], [`memory`]) with the thread
 //! that enforces CPU deadlines ([`watchdog`]), the runtime's counters ([`stats`]), module
-//! loading from a bundle ([`loader`]) and npm package resolution ([`packages`]). It knows
+//! loading from a bundle ([`loader`]) with the engine's compiled-code cache ([`code_cache`]) and npm package resolution ([`packages`]). It knows
 //! nothing of HTTP servers or routing: the edge node hands it
 //! [`Exchange`](tern_js_api::exchange::Exchange)s.
 
+pub mod code_cache;
 pub mod isolate;
 pub mod loader;
 pub mod memory;

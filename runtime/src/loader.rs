@@ -16,7 +16,7 @@ use deno_core::{
 use deno_error::JsErrorBox;
 use tern_proto::{Bundle, ModuleKind, ModulePath};
 
-use crate::packages;
+use crate::{code_cache, packages};
 
 pub use tern_js_api::MODULE_ROOT;
 
@@ -116,8 +116,9 @@ impl BundleModuleLoader {
         referrer: Option<&ModuleLoadReferrer>,
         requested: RequestedModuleType,
     ) -> Result<ModuleSource, JsErrorBox> {
-        let module = bundle_path(specifier).and_then(|p| self.modules()?.modules.get(&p).map(|m| (p, m)));
-        let Some((path, module)) = module else {
+        let bundle = self.modules();
+        let module = bundle_path(specifier).and_then(|p| bundle?.modules.get(&p).map(|m| (p, m)));
+        let (Some(bundle), Some((path, module))) = (bundle, module) else {
             let from = referrer
                 .map(|r| format!(" (imported from {}:{})", display_specifier(r.specifier.as_str()), r.line_number))
                 .unwrap_or_default();
@@ -157,6 +158,12 @@ impl BundleModuleLoader {
                     js_string(path.as_str())
                 ),
             ),
+        };
+        // Compiled JavaScript is cached by the engine under a key derived from its source;
+        // the salt keeps tenants' keys unpredictable (see `code_cache`).
+        let code = match module_type {
+            ModuleType::JavaScript => code_cache::salted(code, bundle.id(), &path),
+            _ => code,
         };
         Ok(ModuleSource::new(module_type, ModuleSourceCode::String(code.into()), specifier, None))
     }
@@ -199,6 +206,7 @@ mod tests {
         loader
             .load_sync(&spec, None, requested)
             .map(|m| String::from_utf8(m.code.as_bytes().to_vec()).unwrap())
+            .map(|code| code.split("\n// tern:").next().unwrap().to_string())
             .map_err(|e| e.to_string())
     }
 
@@ -230,6 +238,18 @@ mod tests {
         );
         assert!(load(&loader, "file:///page.html", RequestedModuleType::None).unwrap().contains("\\\"hi\\\""));
         assert_eq!(load(&loader, "file:///data.json", RequestedModuleType::Json).unwrap(), "{\"x\": 1}");
+    }
+
+    #[test]
+    fn javascript_modules_carry_the_code_cache_salt_and_json_modules_do_not() {
+        let loader = BundleModuleLoader::new(bundle());
+        let raw = |spec: &str, requested| {
+            let m = loader.load_sync(&ModuleSpecifier::parse(spec).unwrap(), None, requested).unwrap();
+            String::from_utf8(m.code.as_bytes().to_vec()).unwrap()
+        };
+        let js = raw("file:///src/lib/a.js", RequestedModuleType::None);
+        assert!(js.starts_with("export const a = 1\n// tern:"), "{js}");
+        assert_eq!(raw("file:///data.json", RequestedModuleType::Json), "{\"x\": 1}");
     }
 
     #[test]

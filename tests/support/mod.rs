@@ -36,8 +36,14 @@ impl Tern {
     }
 
     pub fn dev_with(paths: &[&Path], extra: &[&str]) -> Self {
+        Self::dev_with_env(paths, extra, &[])
+    }
+
+    /// `tern dev` with extra arguments and environment variables.
+    pub fn dev_with_env(paths: &[&Path], extra: &[&str], env: &[(&str, &Path)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
         cmd.arg("--log-format").arg("json").arg("dev").args(paths).args(["--port", "0"]).args(extra);
+        cmd.envs(env.iter().map(|(k, v)| (*k, *v)));
         cmd.env("TERN_LOG", "info").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start tern");
         let output = Arc::new(Mutex::new(String::new()));
