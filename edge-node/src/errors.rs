@@ -37,9 +37,10 @@ impl NodeError {
         match self {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::Function { failure, .. } => match failure.kind {
-                FailureKind::UncaughtException | FailureKind::InvalidResponse | FailureKind::LoadFailed => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
+                FailureKind::UncaughtException
+                | FailureKind::InvalidResponse
+                | FailureKind::LoadFailed
+                | FailureKind::WasmTrap => StatusCode::INTERNAL_SERVER_ERROR,
                 FailureKind::IsolateFailed | FailureKind::IsolateHostCrashed => StatusCode::BAD_GATEWAY,
                 FailureKind::CpuLimitExceeded
                 | FailureKind::MemoryLimitExceeded
@@ -91,6 +92,7 @@ impl NodeError {
                     FailureKind::WallTimeExceeded => "exceeded its wall time limit",
                     FailureKind::IsolateHostCrashed => "lost its isolate host process before it answered",
                     FailureKind::SubrequestLimitExceeded => "made too many subrequests",
+                    FailureKind::WasmTrap => "failed as a WebAssembly program",
                 };
                 if is_limit(failure.kind) {
                     // Which limit and its value are the user's own configuration: always said.
@@ -98,6 +100,12 @@ impl NodeError {
                 }
                 match detail {
                     ErrorDetail::Expose => format!("function {function:?} {what}:\n{}\n", failure.detail),
+                    // The trap or exit status is the answer's reason; what the program printed
+                    // to standard error stays in the log.
+                    ErrorDetail::Hide if failure.kind == FailureKind::WasmTrap => {
+                        let reason = failure.detail.split(STDERR_MARK).next().unwrap_or_default();
+                        format!("function {function:?} {what}: {reason}\n")
+                    }
                     ErrorDetail::Hide => format!("function {function:?} {what}; the details are in the node's log\n"),
                 }
             }
@@ -114,6 +122,10 @@ impl NodeError {
         response
     }
 }
+
+/// Where a WebAssembly failure's detail goes on to quote the program's standard error
+/// (`js/20_wasi.js`).
+const STDERR_MARK: &str = "; its standard error";
 
 fn is_limit(kind: FailureKind) -> bool {
     matches!(

@@ -31,6 +31,9 @@ use crate::routing::normalize_host;
 
 pub type NodeBody = BoxBody<Bytes, BoxError>;
 
+/// The client's address as functions see it (as on Cloudflare Workers).
+pub const CONNECTING_IP: http::HeaderName = http::HeaderName::from_static("cf-connecting-ip");
+
 /// After it stops accepting, a draining server keeps serving its open connections this long
 /// before closing the idle ones: a client that connected just before the stop has sent its
 /// request by then, and hyper would otherwise close such a connection unread.
@@ -167,6 +170,10 @@ async fn exchange(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr, i
     if declared.is_some_and(|len| len > limits.request_body_bytes) {
         return error(node, NodeError::RequestBodyTooLarge { function, limit: limits.request_body_bytes });
     }
+    // Who is asking, as Workers tell it; a client's own value is never trusted.
+    let mut req = req;
+    let client = http::HeaderValue::try_from(remote.ip().to_canonical().to_string()).expect("an IP is a header value");
+    req.headers_mut().insert(CONNECTING_IP, client);
     let deadline = tokio::time::Instant::now() + limits.wall_per_request;
     let (reply, answer) = oneshot::channel();
     let max_body = usize::try_from(limits.request_body_bytes).unwrap_or(usize::MAX);

@@ -16,6 +16,7 @@ import {
   op_tern_respond_stream,
   op_tern_respond_text,
 } from "ext:core/ops";
+import { wasiFunction } from "ext:tern_api/20_wasi.js";
 
 const {
   ArrayBufferIsView,
@@ -249,9 +250,33 @@ export function installHandlerProtocol({ streams, request, response, body, repor
     };
   }
 
-  /** Called by the host with the main module's namespace once it has evaluated. */
-  function serve(namespace) {
+  /** Serves a WebAssembly (WASI) function: its main module's default export is the module. */
+  function serveWasi(module, mainPath, env) {
+    const handleWasi = wasiFunction(module, mainPath, env);
+    (async () => {
+      for (;;) {
+        const exchange = await op_tern_next_request();
+        if (exchange === null) return;
+        try {
+          const pending = handleWasi(exchange);
+          if (pending !== undefined) PromisePrototypeThen(pending, undefined, failed(exchange[0]));
+        } catch (e) {
+          op_tern_fail(exchange[0], "uncaught_exception", errorText(e));
+        }
+      }
+    })();
+  }
+
+  /**
+   * Called by the host with the main module's namespace once it has evaluated, and the
+   * main module's path when it is a WebAssembly (WASI) program.
+   */
+  function serve(namespace, wasiMain) {
     const env = JSON.parse(op_tern_env());
+    if (typeof wasiMain === "string") {
+      serveWasi(namespace.default, wasiMain, env);
+      return;
+    }
     const mod = namespace.default;
     let handler;
     if (mod !== null && (typeof mod === "object" || typeof mod === "function") && typeof mod.fetch === "function") {

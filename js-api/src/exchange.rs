@@ -85,6 +85,8 @@ pub enum FailureKind {
     IsolateHostCrashed,
     /// The request made more outbound fetches than `limits.subrequests`.
     SubrequestLimitExceeded,
+    /// A WebAssembly (WASI) function trapped or exited with a non-zero status.
+    WasmTrap,
 }
 
 impl FailureKind {
@@ -101,6 +103,7 @@ impl FailureKind {
             Self::WallTimeExceeded => "wall_time_exceeded",
             Self::IsolateHostCrashed => "isolate_host_crashed",
             Self::SubrequestLimitExceeded => "subrequest_limit_exceeded",
+            Self::WasmTrap => "wasm_trap",
         }
     }
 
@@ -116,6 +119,7 @@ impl FailureKind {
             Self::WallTimeExceeded,
             Self::IsolateHostCrashed,
             Self::SubrequestLimitExceeded,
+            Self::WasmTrap,
         ]
         .into_iter()
         .find(|k| k.code() == code)
@@ -479,6 +483,25 @@ pub async fn op_tern_body_write(state: Rc<RefCell<OpState>>, id: u32, chunk: Uin
         .map_err(|_| JsErrorBox::type_error("the client closed the connection"))
 }
 
+/// Writes one chunk of a streamed response from code that cannot wait (a WebAssembly
+/// program's `fd_write`): while the client is slower than the function, the isolate's
+/// thread blocks, as a CGI program blocks on its pipe. Fails when the client went away.
+#[op2]
+pub fn op_tern_body_write_sync(state: &mut OpState, id: u32, #[anybuffer] chunk: &[u8]) -> Result<(), JsErrorBox> {
+    let entry = state.borrow::<InFlight>().entries.get(&id).ok_or_else(|| unknown(id))?;
+    let tx = entry.stream.clone().ok_or_else(|| JsErrorBox::type_error("response is not streaming"))?;
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    let gone = || JsErrorBox::type_error("the client closed the connection");
+    match tx.try_send(Ok(Bytes::copy_from_slice(chunk))) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(gone()),
+        // The receiver lives on another thread (the connection's), which makes progress.
+        Err(mpsc::error::TrySendError::Full(chunk)) => futures::executor::block_on(tx.send(chunk)).map_err(|_| gone()),
+    }
+}
+
 /// Ends a streamed response normally.
 #[op2(fast)]
 pub fn op_tern_body_close(state: &mut OpState, id: u32) {
@@ -507,6 +530,10 @@ pub fn op_tern_fail(state: &mut OpState, id: u32, #[string] kind: &str, #[string
     let mut failure = Failure { kind: FailureKind::from_code(kind), detail: detail.replace(crate::MODULE_ROOT, "") };
     if failure.kind == FailureKind::UncaughtException && failure.detail.contains(SUBREQUEST_LIMIT_MESSAGE) {
         failure.kind = FailureKind::SubrequestLimitExceeded;
+    }
+    // Limits the JS side detects (a WebAssembly program's memory at the limit) are kills
+    // like the host's; the isolate itself is unharmed.
+    if matches!(failure.kind, FailureKind::SubrequestLimitExceeded | FailureKind::MemoryLimitExceeded) {
         let function = state.borrow::<FunctionIdentity>();
         tracing::warn!(target: "tern::kill", function = %function.name, version = %function.version,
             limit = failure.kind.code(), phase = "request", requests = %entry.request,

@@ -3,6 +3,7 @@
 //! Assembles the global scope from Deno's published Web API crates (deno_webidl, deno_web,
 //! deno_crypto, deno_net, deno_fetch) toward the WinterTC minimum common API, and adds what
 //! is Tern's own: the Workers handler protocol and the request/response [`exchange`],
+//! WebAssembly functions run as WASI programs in the CGI convention (`js/20_wasi.js`),
 //! `console` routed to the node's log ([`console`]), and the outbound-fetch seam
 //! ([`egress`]). It owns no threads and no sockets: the runtime boots isolates with
 //! [`extensions`] and feeds them exchanges.
@@ -101,6 +102,7 @@ deno_core::extension!(
         exchange::op_tern_respond_text,
         exchange::op_tern_respond_stream,
         exchange::op_tern_body_write,
+        exchange::op_tern_body_write_sync,
         exchange::op_tern_body_close,
         exchange::op_tern_fail,
         exchange::op_tern_outbound_hops,
@@ -109,7 +111,7 @@ deno_core::extension!(
         op_tern_wasm_max_pages,
     ],
     esm_entry_point = "ext:tern_api/00_global_scope.js",
-    esm = [dir "js", "00_global_scope.js", "10_handler.js"],
+    esm = [dir "js", "00_global_scope.js", "10_handler.js", "20_wasi.js"],
     options = { policy: egress::EgressPolicy },
     state = |state, options| {
         egress::put_policy(state, &options.policy);

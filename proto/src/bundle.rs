@@ -122,8 +122,8 @@ pub enum BundleError {
     BadPath(String),
     #[error("main module {0:?} is not in the bundle")]
     MissingMain(String),
-    #[error("main module {0:?} must be a .js or .mjs file")]
-    MainNotJavaScript(String),
+    #[error("main module {0:?} must be a .js or .mjs file, or a .wasm WASI program")]
+    MainNotRunnable(String),
     #[error("module {0:?}: file type not supported (use .js, .mjs, .json, .wasm, .txt, .html, .bin ...)")]
     UnknownKind(String),
 }
@@ -215,8 +215,8 @@ impl Bundle {
         let main = ModulePath::new(&manifest.main)?;
         match modules.get(&main) {
             None => return Err(BundleError::MissingMain(manifest.main.clone())),
-            Some(m) if m.kind != ModuleKind::EsModule => {
-                return Err(BundleError::MainNotJavaScript(manifest.main.clone()));
+            Some(m) if !matches!(m.kind, ModuleKind::EsModule | ModuleKind::Wasm) => {
+                return Err(BundleError::MainNotRunnable(manifest.main.clone()));
             }
             Some(_) => {}
         }
@@ -234,6 +234,11 @@ impl Bundle {
 
     pub fn main_path(&self) -> ModulePath {
         ModulePath::new(&self.manifest.main).expect("validated in Bundle::new")
+    }
+
+    /// Whether the function is a WebAssembly (WASI) program rather than a JavaScript module.
+    pub fn main_is_wasm(&self) -> bool {
+        self.modules.get(&self.main_path()).is_some_and(|m| m.kind == ModuleKind::Wasm)
     }
 
     fn compute_id(manifest: &Manifest, modules: &BTreeMap<ModulePath, Module>) -> BundleId {
@@ -308,7 +313,7 @@ mod tests {
         let e = Bundle::new(manifest("b.js"), [("a.js".into(), vec![])]).unwrap_err();
         assert_eq!(e, BundleError::MissingMain("b.js".into()));
         let e = Bundle::new(manifest("a.json"), [("a.json".into(), b"{}".to_vec())]).unwrap_err();
-        assert_eq!(e, BundleError::MainNotJavaScript("a.json".into()));
+        assert_eq!(e, BundleError::MainNotRunnable("a.json".into()));
     }
 
     #[test]

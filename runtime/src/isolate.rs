@@ -304,12 +304,18 @@ impl Function<'_> {
             .borrow_mut()
             .try_take::<ServeEntry>()
             .ok_or_else(|| load_failed("the tern bootstrap did not register its serve entry".into()))?;
-        let namespace: v8::Global<v8::Value> = {
+        // A WebAssembly main module is a WASI program: the handler glue is told its path.
+        let (namespace, wasi_main): (v8::Global<v8::Value>, v8::Global<v8::Value>) = {
             deno_core::scope!(scope, js);
             let local = v8::Local::new(scope, &namespace);
-            v8::Global::new(scope, local.cast::<v8::Value>())
+            let wasi_main: v8::Local<v8::Value> = if bundle.main_is_wasm() {
+                v8::String::new(scope, bundle.main_path().as_str()).expect("short string").into()
+            } else {
+                v8::undefined(scope).into()
+            };
+            (v8::Global::new(scope, local.cast::<v8::Value>()), v8::Global::new(scope, wasi_main))
         };
-        let call = js.call_with_args(&serve.0, &[namespace]);
+        let call = js.call_with_args(&serve.0, &[namespace, wasi_main]);
         let started = self.startup(js.with_event_loop_promise(Box::pin(call), PollEventLoopOptions::default())).await;
         self.stats.add_cpu(self.startup_used);
         started.map_err(|e| self.startup_failure(js, format!("{} ({})", e, display_specifier(main.as_str()))))?;
