@@ -2,10 +2,11 @@
 # Installs the system packages Tern builds and tests with, if any is missing (Debian/Ubuntu,
 # as root or through sudo). The JS engine (QuickJS-ng with WAMR) builds from source: it needs
 # cmake and Debian's SIMDe headers (libsimde-dev), which .cargo/config.toml points WAMR at so
-# the build never reaches for the network. wrk is for the benchmarks.
+# the build never reaches for the network. wrk is for the benchmarks. clang, lld, wasi-libc and
+# libclang-rt-14-dev-wasm32 build the C WebAssembly example (examples/wasm-c) for wasm32-wasi.
 set -euo pipefail
 
-packages=(cmake libsimde-dev wrk curl)
+packages=(cmake libsimde-dev wrk curl clang lld wasi-libc libclang-rt-14-dev-wasm32)
 # npm installs the framework fixtures (Hono, itty-router) for the tests.
 command -v npm >/dev/null || packages+=(nodejs npm)
 missing=()

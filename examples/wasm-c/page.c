@@ -8,6 +8,9 @@
 //   POST /count          counts the bytes, lines and words of the posted body (JSON out)
 //   GET  /env            the CGI variables the program was given, one per line
 //   GET  /old            a redirect to / (a Location header alone)
+//   GET  /stash?value=v  keeps v in a static buffer, then crashes (abort: 500 wasm_trap)
+//   GET  /peek           shows that buffer: empty, as every request starts from the
+//                        program's initial state, whatever the one before did
 //   anything else        404
 #include <ctype.h>
 #include <stdio.h>
@@ -103,6 +106,8 @@ static int count(void) {
   return 0;
 }
 
+static char stash[256];
+
 int main(void) {
   const char *method = env("REQUEST_METHOD");
   const char *path = env("PATH_INFO");
@@ -111,6 +116,15 @@ int main(void) {
   if (strcmp(path, "/env") == 0) {
     printf("Content-Type: text/plain\n\n");
     for (char **e = environ; *e; e++) printf("%s\n", *e);
+    return 0;
+  }
+  if (strcmp(path, "/stash") == 0) {
+    query_param(env("QUERY_STRING"), "value", stash, sizeof stash);
+    fprintf(stderr, "stashed a value, now crashing\n");
+    abort();
+  }
+  if (strcmp(path, "/peek") == 0) {
+    printf("Content-Type: text/plain\n\nstash: [%s]\n", stash);
     return 0;
   }
   if (strcmp(path, "/old") == 0) {

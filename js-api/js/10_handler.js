@@ -250,9 +250,9 @@ export function installHandlerProtocol({ streams, request, response, body, repor
     };
   }
 
-  /** Serves a WebAssembly (WASI) function: its main module's default export is the module. */
-  function serveWasi(module, mainPath, env) {
-    const handleWasi = wasiFunction(module, mainPath, env);
+  /** Serves a WebAssembly (WASI) function: the runner compiles its main module itself. */
+  function serveWasi(mainPath, env) {
+    const handleWasi = wasiFunction(mainPath, env);
     (async () => {
       for (;;) {
         const exchange = await op_tern_next_request();
@@ -274,7 +274,7 @@ export function installHandlerProtocol({ streams, request, response, body, repor
   function serve(namespace, wasiMain) {
     const env = JSON.parse(op_tern_env());
     if (typeof wasiMain === "string") {
-      serveWasi(namespace.default, wasiMain, env);
+      serveWasi(wasiMain, env);
       return;
     }
     const mod = namespace.default;

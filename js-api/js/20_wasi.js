@@ -2,8 +2,9 @@
 // convention that WAGI defined. The request arrives as environment variables and standard
 // input; the program writes CGI headers, a blank line and the body to standard output,
 // which streams to the client as it is written (the head is sent at the blank line).
-// Standard error goes to the function's log. Each request gets a fresh instance of the
-// module compiled at load, so no request sees another's memory. No files, sockets or
+// Standard error goes to the function's log. Each request starts from the instance's
+// initial state (memory and globals restored after every run), so no request sees
+// another's data. No files, sockets or
 // preopened directories: every WASI call besides the ones below answers ENOSYS.
 import { primordials } from "ext:core/mod.js";
 import {
@@ -13,6 +14,7 @@ import {
   op_tern_fail,
   op_tern_log,
   op_tern_respond_stream,
+  op_tern_wasi_module,
   op_tern_wasm_max_pages,
 } from "ext:core/ops";
 
@@ -26,6 +28,8 @@ const RIGHT_FD_WRITE = 1n << 6n;
 /// The CGI head (headers and the blank line) must fit in this much output.
 const MAX_HEAD_BYTES = 64 * 1024;
 const PAGE = 65536;
+/// The function js-api/src/wasi.rs adds to reset the program's mutable globals.
+const RESET_EXPORT = "__tern_reset_globals";
 
 // Made at first use: this module evaluates before the global scope is assembled.
 let encoder;
@@ -210,11 +214,15 @@ function stringList(strings) {
 }
 
 /**
- * The request handler for a WASI module: checks the module's imports and exports once
- * (a load error names what is wrong) and returns `handle(exchange)`.
+ * The request handler for the WASI program `mainPath`: compiles and instantiates it once
+ * (a load error names what is wrong) and returns `handle(exchange)`. The engine never
+ * frees an instance, so this one serves every request of the isolate and is put back to
+ * its initial state after each: memory from a copy taken now, mutable globals by a
+ * function `js-api/src/wasi.rs` adds to the module.
  */
-export function wasiFunction(module, mainPath, vars) {
+export function wasiFunction(mainPath, vars) {
   const WA = globalThis.WebAssembly;
+  const module = new WA.Module(op_tern_wasi_module(mainPath));
   for (const { module: from, name } of WA.Module.imports(module)) {
     if (from !== WASI) {
       throw new TypeError(
@@ -228,131 +236,143 @@ export function wasiFunction(module, mainPath, vars) {
     throw new TypeError(`${mainPath} exports no _start: a WebAssembly function is a WASI command (a main())`);
   }
   if (!exported.has("memory")) throw new TypeError(`${mainPath} exports no memory`);
-  const wanted = WA.Module.imports(module).map((i) => i.name);
   const base = [];
   for (const key in vars) {
     const value = vars[key];
     ArrayPrototypePush(base, `${key}=${typeof value === "string" ? value : JSONStringify(value)}`);
   }
+  const args = stringList([mainPath]);
   const capBytes = op_tern_wasm_max_pages() * PAGE;
   const warned = new Set();
 
+  // The request being run: its environment, standard input and output.
+  let current = null;
+  let memory = null;
+  const view = () => new DataView(memory.buffer);
+  const bytes = (ptr, len) => new Uint8Array(memory.buffer, ptr, len);
+  const iovecs = (ptr, count) => {
+    const v = view();
+    const list = [];
+    for (let i = 0; i < count; i++) {
+      ArrayPrototypePush(list, [v.getUint32(ptr + i * 8, true), v.getUint32(ptr + i * 8 + 4, true)]);
+    }
+    return list;
+  };
+  const putList = (list, ptrs, buf) => {
+    const v = view();
+    let at = buf;
+    list.encoded.forEach((s, i) => {
+      v.setUint32(ptrs + i * 4, at, true);
+      bytes(at, s.length).set(s);
+      at += s.length;
+    });
+    return ERRNO.SUCCESS;
+  };
+  const sizes = (list, countPtr, sizePtr) => {
+    view().setUint32(countPtr, list.encoded.length, true);
+    view().setUint32(sizePtr, list.size, true);
+    return ERRNO.SUCCESS;
+  };
+  const now = (clock) => {
+    if (clock === 0) return BigInt(DateNow()) * 1000000n;
+    return BigInt(MathRound(performance.now() * 1e6));
+  };
+  const wasi = {
+    args_get: (argv, buf) => putList(args, argv, buf),
+    args_sizes_get: (count, size) => sizes(args, count, size),
+    environ_get: (environ, buf) => putList(current.env, environ, buf),
+    environ_sizes_get: (count, size) => sizes(current.env, count, size),
+    fd_read(fd, iovs, count, nread) {
+      if (fd !== 0) return ERRNO.BADF;
+      const stdin = current.stdin;
+      let total = 0;
+      for (const [ptr, len] of iovecs(iovs, count)) {
+        const n = Math.min(len, stdin.length - current.stdinAt);
+        bytes(ptr, n).set(stdin.subarray(current.stdinAt, current.stdinAt + n));
+        current.stdinAt += n;
+        total += n;
+        if (n < len) break;
+      }
+      view().setUint32(nread, total, true);
+      return ERRNO.SUCCESS;
+    },
+    fd_write(fd, iovs, count, nwritten) {
+      if (fd !== 1 && fd !== 2) return ERRNO.BADF;
+      let total = 0;
+      for (const [ptr, len] of iovecs(iovs, count)) {
+        if (len === 0) continue;
+        const chunk = bytes(ptr, len);
+        if (fd === 2) current.err.write(chunk);
+        else if (!current.out.write(chunk)) return ERRNO.PIPE;
+        total += len;
+      }
+      view().setUint32(nwritten, total, true);
+      return ERRNO.SUCCESS;
+    },
+    fd_close: (fd) => (fd <= 2 ? ERRNO.SUCCESS : ERRNO.BADF),
+    fd_fdstat_get(fd, ptr) {
+      if (fd > 2) return ERRNO.BADF;
+      const v = view();
+      v.setUint8(ptr, 0); // filetype unknown: a pipe, not a terminal (stdio stays fully buffered)
+      v.setUint16(ptr + 2, 0, true);
+      v.setBigUint64(ptr + 8, fd === 0 ? RIGHT_FD_READ : RIGHT_FD_WRITE, true);
+      v.setBigUint64(ptr + 16, 0n, true);
+      return ERRNO.SUCCESS;
+    },
+    fd_seek: (fd) => (fd <= 2 ? ERRNO.SPIPE : ERRNO.BADF),
+    fd_tell: (fd) => (fd <= 2 ? ERRNO.SPIPE : ERRNO.BADF),
+    fd_prestat_get: () => ERRNO.BADF,
+    fd_prestat_dir_name: () => ERRNO.BADF,
+    clock_time_get(clock, _precision, ptr) {
+      if (clock < 0 || clock > 3) return ERRNO.INVAL;
+      view().setBigUint64(ptr, now(clock), true);
+      return ERRNO.SUCCESS;
+    },
+    clock_res_get(clock, ptr) {
+      if (clock < 0 || clock > 3) return ERRNO.INVAL;
+      view().setBigUint64(ptr, 1000n, true);
+      return ERRNO.SUCCESS;
+    },
+    random_get(ptr, len) {
+      for (let at = 0; at < len; at += 65536) {
+        crypto.getRandomValues(bytes(ptr + at, Math.min(65536, len - at)));
+      }
+      return ERRNO.SUCCESS;
+    },
+    proc_exit(code) {
+      throw new Exit(code);
+    },
+    sched_yield: () => ERRNO.SUCCESS,
+  };
+  const imports = {};
+  for (const { name } of WA.Module.imports(module)) {
+    imports[name] = wasi[name] ?? (() => {
+      if (!warned.has(name)) {
+        warned.add(name);
+        op_tern_log(2, `${mainPath} called WASI ${name}, which Tern answers with ENOSYS (not supported)`);
+      }
+      return ERRNO.NOSYS;
+    });
+  }
+
+  const instance = new WA.Instance(module, { [WASI]: imports });
+  memory = instance.exports.memory;
+  const image = new Uint8Array(memory.buffer).slice();
+  const resetGlobals = instance.exports[RESET_EXPORT];
+  /** The instance as it was before its first run: nothing of one request reaches the next. */
+  function reset() {
+    const now = new Uint8Array(memory.buffer);
+    now.set(image);
+    if (now.length > image.length) now.fill(0, image.length);
+    resetGlobals();
+  }
+
   /** Runs the program for one request, start to exit. */
   function run(id, method, url, headerList, stdin) {
-    const args = stringList([mainPath]);
     const env = stringList(environment(base, method, url, headerList, stdin.length));
     const out = new Output(id);
     const err = new Stderr();
-    let memory = null;
-    let stdinAt = 0;
-    const view = () => new DataView(memory.buffer);
-    const bytes = (ptr, len) => new Uint8Array(memory.buffer, ptr, len);
-    const iovecs = (ptr, count) => {
-      const v = view();
-      const list = [];
-      for (let i = 0; i < count; i++) {
-        ArrayPrototypePush(list, [v.getUint32(ptr + i * 8, true), v.getUint32(ptr + i * 8 + 4, true)]);
-      }
-      return list;
-    };
-    const putList = (list, ptrs, buf) => {
-      const v = view();
-      let at = buf;
-      list.encoded.forEach((s, i) => {
-        v.setUint32(ptrs + i * 4, at, true);
-        bytes(at, s.length).set(s);
-        at += s.length;
-      });
-      return ERRNO.SUCCESS;
-    };
-    const sizes = (list, countPtr, sizePtr) => {
-      view().setUint32(countPtr, list.encoded.length, true);
-      view().setUint32(sizePtr, list.size, true);
-      return ERRNO.SUCCESS;
-    };
-    const now = (clock) => {
-      if (clock === 0) return BigInt(DateNow()) * 1000000n;
-      return BigInt(MathRound(performance.now() * 1e6));
-    };
-    const wasi = {
-      args_get: (argv, buf) => putList(args, argv, buf),
-      args_sizes_get: (count, size) => sizes(args, count, size),
-      environ_get: (environ, buf) => putList(env, environ, buf),
-      environ_sizes_get: (count, size) => sizes(env, count, size),
-      fd_read(fd, iovs, count, nread) {
-        if (fd !== 0) return ERRNO.BADF;
-        let total = 0;
-        for (const [ptr, len] of iovecs(iovs, count)) {
-          const n = Math.min(len, stdin.length - stdinAt);
-          bytes(ptr, n).set(stdin.subarray(stdinAt, stdinAt + n));
-          stdinAt += n;
-          total += n;
-          if (n < len) break;
-        }
-        view().setUint32(nread, total, true);
-        return ERRNO.SUCCESS;
-      },
-      fd_write(fd, iovs, count, nwritten) {
-        if (fd !== 1 && fd !== 2) return ERRNO.BADF;
-        let total = 0;
-        for (const [ptr, len] of iovecs(iovs, count)) {
-          if (len === 0) continue;
-          const chunk = bytes(ptr, len);
-          if (fd === 2) err.write(chunk);
-          else if (!out.write(chunk)) return ERRNO.PIPE;
-          total += len;
-        }
-        view().setUint32(nwritten, total, true);
-        return ERRNO.SUCCESS;
-      },
-      fd_close: (fd) => (fd <= 2 ? ERRNO.SUCCESS : ERRNO.BADF),
-      fd_fdstat_get(fd, ptr) {
-        if (fd > 2) return ERRNO.BADF;
-        const v = view();
-        v.setUint8(ptr, 0); // filetype unknown: a pipe, not a terminal (stdio stays fully buffered)
-        v.setUint16(ptr + 2, 0, true);
-        v.setBigUint64(ptr + 8, fd === 0 ? RIGHT_FD_READ : RIGHT_FD_WRITE, true);
-        v.setBigUint64(ptr + 16, 0n, true);
-        return ERRNO.SUCCESS;
-      },
-      fd_seek: (fd) => (fd <= 2 ? ERRNO.SPIPE : ERRNO.BADF),
-      fd_tell: (fd) => (fd <= 2 ? ERRNO.SPIPE : ERRNO.BADF),
-      fd_prestat_get: () => ERRNO.BADF,
-      fd_prestat_dir_name: () => ERRNO.BADF,
-      clock_time_get(clock, _precision, ptr) {
-        if (clock < 0 || clock > 3) return ERRNO.INVAL;
-        view().setBigUint64(ptr, now(clock), true);
-        return ERRNO.SUCCESS;
-      },
-      clock_res_get(clock, ptr) {
-        if (clock < 0 || clock > 3) return ERRNO.INVAL;
-        view().setBigUint64(ptr, 1000n, true);
-        return ERRNO.SUCCESS;
-      },
-      random_get(ptr, len) {
-        for (let at = 0; at < len; at += 65536) {
-          crypto.getRandomValues(bytes(ptr + at, Math.min(65536, len - at)));
-        }
-        return ERRNO.SUCCESS;
-      },
-      proc_exit(code) {
-        throw new Exit(code);
-      },
-      sched_yield: () => ERRNO.SUCCESS,
-    };
-    const imports = {};
-    for (const name of wanted) {
-      imports[name] = wasi[name] ?? (() => {
-        if (!warned.has(name)) {
-          warned.add(name);
-          op_tern_log(2, `${mainPath} called WASI ${name}, which Tern answers with ENOSYS (not supported)`);
-        }
-        return ERRNO.NOSYS;
-      });
-    }
-
-    const instance = new WA.Instance(module, { [WASI]: imports });
-    memory = instance.exports.memory;
+    current = { env, stdin, stdinAt: 0, out, err };
     let failure = null;
     try {
       instance.exports._start();
@@ -364,9 +384,11 @@ export function wasiFunction(module, mainPath, vars) {
       } else if (e instanceof WA.RuntimeError) {
         failure = ["wasm_trap", `${mainPath} trapped: ${e.message}`];
       } else {
+        // Termination (a limit) or the engine's own failure: the isolate ends, no reset.
         throw e;
       }
     }
+    current = null;
     err.flush();
     if (failure !== null && failure[0] === "wasm_trap" && memory.buffer.byteLength + PAGE * 16 >= capBytes) {
       // It failed with its memory at the function's limit: the limit is why.
@@ -375,6 +397,7 @@ export function wasiFunction(module, mainPath, vars) {
         `${mainPath} failed with its memory at the function's limit of ${capBytes >> 20} MiB (limits.memory_mib)`,
       ];
     }
+    reset();
     if (failure === null && !out.sent) {
       failure = [
         "invalid_response",

@@ -11,6 +11,7 @@
 pub mod console;
 pub mod egress;
 pub mod exchange;
+pub mod wasi;
 pub mod wasm_limits;
 
 use std::collections::BTreeMap;
@@ -81,6 +82,16 @@ fn op_tern_wasm_clamp(state: &mut OpState, #[anybuffer] module: &[u8]) -> Result
     wasm_limits::clamp_memories(module, cap).map_err(|e| JsErrorBox::new("CompileError", e))
 }
 
+/// The bytes of a WASI function's main module, prepared for one instance serving every
+/// request ([`wasi::prepare_for_reuse`]); errors name the file.
+#[op2]
+#[buffer]
+fn op_tern_wasi_module(state: &mut OpState, #[string] path: &str) -> Result<Vec<u8>, JsErrorBox> {
+    let files = state.borrow::<Rc<dyn ModuleBytes>>();
+    let bytes = files.bytes(path).ok_or_else(|| JsErrorBox::type_error(format!("module not found: {path}")))?;
+    wasi::prepare_for_reuse(&bytes).map_err(|e| JsErrorBox::new("CompileError", format!("{path}: {e}")))
+}
+
 /// Pages a `new WebAssembly.Memory` may have at most.
 #[op2(fast)]
 fn op_tern_wasm_max_pages(state: &mut OpState) -> u32 {
@@ -109,6 +120,7 @@ deno_core::extension!(
         op_tern_egress_check,
         op_tern_wasm_clamp,
         op_tern_wasm_max_pages,
+        op_tern_wasi_module,
     ],
     esm_entry_point = "ext:tern_api/00_global_scope.js",
     esm = [dir "js", "00_global_scope.js", "10_handler.js", "20_wasi.js"],

@@ -151,6 +151,9 @@ impl BundleModuleLoader {
                 ModuleType::JavaScript,
                 format!("export default globalThis.__ternModuleBytes({}).buffer;", js_string(path.as_str())),
             ),
+            // A WASI program's main module is compiled by the WASI runner (js/20_wasi.js),
+            // prepared for one instance serving every request.
+            (ModuleKind::Wasm, _) if path == bundle.main_path() => (ModuleType::JavaScript, "export {};".to_string()),
             (ModuleKind::Wasm, _) => (
                 ModuleType::JavaScript,
                 format!(
