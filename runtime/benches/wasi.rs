@@ -1,6 +1,7 @@
 //! WebAssembly (WASI) functions against the same logic in JavaScript, through `Isolates`
-//! (no HTTP): time per request (a fresh instance, the program run, the response collected)
-//! and requests per second on one isolate, plus the engine's bare instantiate + call.
+//! (no HTTP): time per request (the program run from its initial state, the response
+//! collected) and requests per second on one isolate, plus the engine's bare instantiate +
+//! call (which Tern keeps off the request path: one instance per isolate, reset).
 //!
 //!     cargo bench -p tern-runtime --bench wasi [-- REQUESTS]
 //!
@@ -160,14 +161,15 @@ fn main() {
             None => println!("wasm C page: skipped, clang for wasm32-wasi is missing (scripts/install-deps.sh)"),
         }
         println!(
-            "  WASI hello costs {:.1}x JS hello per request ({:.0} µs more at p50: instance, WASI imports, CGI parsing)",
+            "  WASI hello costs {:.1}x JS hello per request ({:.0} µs more at p50: memory reset, WASI calls, CGI, streamed body)",
             wh.p50.as_secs_f64() / jh.p50.as_secs_f64(),
             (wh.p50.as_secs_f64() - jh.p50.as_secs_f64()) * 1e6
         );
         let (_, floor_us) = request(&isolates, &floor, "http://bench/?times=200").await;
         let floor_us: f64 = floor_us.parse().expect("a number");
         println!(
-            "engine instantiate + call, empty module: {floor_us:.1} µs  (anchor: wasmtime pooling ~4 µs; {:.1}x)",
+            "engine instantiate + call, empty module: {floor_us:.1} µs  (anchor: wasmtime pooling ~4 µs; {:.1}x); \
+             not on the request path: each isolate keeps one instance and resets it",
             floor_us / 4.0
         );
     });
