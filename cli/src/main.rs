@@ -1,10 +1,12 @@
-//! `tern`: one binary for every role of the platform. Today: `tern dev`, and the internal
+//! `tern`: one binary for every role of the platform. Today: `tern dev`, `tern control-plane`
+//! with its user commands (`tern deploy`, `tern versions`, `tern rollback`), and the internal
 //! roles it starts: `tern serve` (a server process) and `tern isolate-host` (isolates in a
 //! process of their own).
 //!
 //! Parses the command line, sets up logging and hands off to the role's module; no role
 //! logic lives here.
 
+mod control;
 mod dev;
 mod project;
 mod serve;
@@ -98,6 +100,37 @@ enum Command {
         admin_fd: Option<i32>,
         #[command(flatten)]
         isolates: IsolateArgs,
+    },
+    /// Run the control plane: the API that stores versions and says what every function runs.
+    ControlPlane {
+        /// Address of the HTTP/JSON API.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: std::net::SocketAddr,
+        /// Directory for the state (one file), the signing key and the admin token.
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Deploy a function project: upload it as a new version and make it active.
+    Deploy {
+        /// A folder with tern.toml, or a single .js/.mjs file.
+        path: PathBuf,
+        #[command(flatten)]
+        credentials: control::Credentials,
+    },
+    /// List the versions of a function.
+    Versions {
+        name: String,
+        #[command(flatten)]
+        credentials: control::Credentials,
+    },
+    /// Make an older version of a function active again (default: the one before).
+    Rollback {
+        name: String,
+        /// A version number, or the first digits (6 or more) of its bundle id.
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        credentials: control::Credentials,
     },
     /// Internal: run isolates for the node connected on standard input.
     #[command(hide = true)]
@@ -238,6 +271,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 isolates,
                 log_format,
             }))
+        }
+        Command::ControlPlane { listen, data } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(control::serve(listen, &data))
+        }
+        Command::Deploy { path, credentials } => rt.block_on(control::deploy(&path, &credentials)),
+        Command::Versions { name, credentials } => rt.block_on(control::versions(&name, &credentials)),
+        Command::Rollback { name, to, credentials } => {
+            rt.block_on(control::rollback(&name, to.as_deref(), &credentials))
         }
         Command::IsolateHost { warm_pool, memory_budget_mib, allow_loopback, ca_certs } => {
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -98,6 +98,11 @@ impl std::str::FromStr for BundleId {
 }
 
 impl BundleId {
+    /// The 32 bytes of the SHA-256.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The first 12 hex digits: enough to tell versions apart in logs.
     pub fn short(&self) -> String {
         self.to_string()[..12].to_string()

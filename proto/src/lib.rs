@@ -10,8 +10,10 @@ pub mod bundle;
 pub mod limits;
 pub mod manifest;
 pub mod route;
+pub mod signature;
 
 pub use bundle::{Bundle, BundleError, BundleId, Module, ModuleKind, ModulePath, WireError};
 pub use limits::Limits;
 pub use manifest::{Manifest, ManifestError};
 pub use route::{RoutePattern, RoutePatternError};
+pub use signature::{BundleSignature, SignatureError, SigningKey, VerifyingKey};

@@ -1,0 +1,286 @@
+//! The control plane's HTTP/JSON API. Every route but `/v1/health` and
+//! `/v1/signing-key` needs `Authorization: Bearer <admin token>`.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/deployments` | body: a bundle in wire form, header `tern-bundle-id`; validates, stores, signs, records a new version and makes it active |
+//! | `GET /v1/functions` | what every function runs |
+//! | `GET /v1/functions/{name}/versions` | every version, oldest first, and the active one |
+//! | `POST /v1/functions/{name}/rollback` | body `{"to": "3"}` or `{}`: makes an older version active |
+//! | `GET /v1/signing-key` | the Ed25519 public key bundles are signed with (hex) |
+//!
+//! Errors answer `{"error": code, "message": ...}` with a status that fits.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tern_proto::{Bundle, BundleId};
+use tokio::net::TcpListener;
+
+use crate::deploy::{self, DeployError};
+use crate::keys::Secrets;
+use crate::store::{Active, Commit, Store, StoreError, Version};
+
+/// Largest bundle a deploy may upload.
+pub const MAX_BUNDLE_BYTES: usize = 64 << 20;
+
+pub struct ControlPlane<S> {
+    store: S,
+    secrets: Secrets,
+}
+
+/// Why a request was refused.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!("{e}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_failed", e.to_string())
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        let (status, code) = match e {
+            DeployError::RouteConflict { .. } => (StatusCode::CONFLICT, "route_conflict"),
+            DeployError::UnknownFunction(_) | DeployError::NoSuchVersion { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            DeployError::NothingToRollBackTo(_) | DeployError::Ambiguous { .. } => {
+                (StatusCode::CONFLICT, "no_rollback_target")
+            }
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string() + "\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}
+
+impl<S: Store> ControlPlane<S> {
+    pub fn new(store: S, secrets: Secrets) -> Self {
+        Self { store, secrets }
+    }
+
+    /// Serves the API on `listener` until the process ends.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, remote) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    continue;
+                }
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.handle(req, remote).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                    tracing::debug!(%remote, "connection ended: {e}");
+                }
+            });
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Full<Bytes>> {
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        match self.route(req).await {
+            Ok((status, value)) => {
+                tracing::info!(%remote, %method, %path, status = status.as_u16(), "api");
+                json_response(status, value)
+            }
+            Err(e) => {
+                tracing::info!(%remote, %method, %path, status = e.status.as_u16(), error = e.code, "api: {}", e.message);
+                json_response(e.status, json!({ "error": e.code, "message": e.message }))
+            }
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        let path: Vec<String> = req.uri().path().trim_matches('/').split('/').map(str::to_string).collect();
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        match (req.method(), path.as_slice()) {
+            (&Method::GET, ["v1", "health"]) => return Ok((StatusCode::OK, json!({ "ok": true }))),
+            (&Method::GET, ["v1", "signing-key"]) => {
+                let key = self.secrets.signing.verifying_key();
+                let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+                return Ok((StatusCode::OK, json!({ "algorithm": "ed25519", "public_key": hex })));
+            }
+            _ => {}
+        }
+        self.authorize(&req)?;
+        match (req.method().clone(), path.as_slice()) {
+            (Method::POST, ["v1", "deployments"]) => self.deploy(req).await,
+            (Method::GET, ["v1", "functions"]) => Ok((StatusCode::OK, json!({ "functions": self.store.active()? }))),
+            (Method::GET, ["v1", "functions", name, "versions"]) => self.versions(name),
+            (Method::POST, ["v1", "functions", name, "rollback"]) => {
+                let name = name.to_string();
+                let body = read_body(req, 64 * 1024).await?;
+                let to: Option<String> = if body.is_empty() {
+                    None
+                } else {
+                    let value: serde_json::Value = serde_json::from_slice(&body)
+                        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("body: {e}")))?;
+                    value
+                        .get("to")
+                        .and_then(|v| v.as_str().map(str::to_string).or_else(|| Some(v.to_string())))
+                        .filter(|s| s != "null")
+                };
+                self.rollback(&name, to.as_deref())
+            }
+            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")),
+        }
+    }
+
+    fn authorize(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
+        let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let token = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
+        match token {
+            Some(token) if self.secrets.is_admin(token) => Ok(()),
+            Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", "the token is not valid")),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "no_token",
+                "send `Authorization: Bearer <token>` (tern: --token or TERN_TOKEN)",
+            )),
+        }
+    }
+
+    async fn deploy(&self, req: Request<Incoming>) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_bundle", message);
+        let expected: BundleId = req
+            .headers()
+            .get("tern-bundle-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("the tern-bundle-id header (64 hex digits) is missing or malformed".into()))?;
+        let wire = read_body(req, MAX_BUNDLE_BYTES).await?;
+        let bundle = Bundle::from_wire(&wire, expected).map_err(|e| bad(format!("the bundle was refused: {e}")))?;
+        let function = bundle.name().to_string();
+        let id = bundle.id().to_string();
+        self.store.put_bundle(&id, &wire)?;
+        let signature = self.secrets.signing.sign(bundle.id()).to_string();
+        let routes: Vec<String> = bundle.manifest.routes.iter().map(|r| r.as_str().to_string()).collect();
+        let versions = self.store.versions(&function)?;
+        let active = self.store.active()?.into_iter().find(|a| a.function == function);
+        if let Some(active) = active.filter(|a| a.bundle == id) {
+            // Already what the function runs: nothing changes, no new revision.
+            let signature = versions.iter().find(|v| v.number == active.version).map(|v| v.signature.clone());
+            return Ok((
+                StatusCode::OK,
+                json!({ "function": function, "version": active.version, "bundle": id,
+                "signature": signature, "revision": active.revision, "new": false, "unchanged": true }),
+            ));
+        }
+        if let Some(same) = versions.iter().rev().find(|v| v.bundle == id) {
+            // Deploying what was deployed before makes that version active again.
+            let target = same.clone();
+            return self.activate(&target, None, routes).map(|revision| {
+                (
+                    StatusCode::OK,
+                    json!({ "function": function, "version": target.number, "bundle": id,
+                    "signature": target.signature, "revision": revision, "new": false }),
+                )
+            });
+        }
+        let version = Version {
+            function: function.clone(),
+            number: deploy::next_number(&versions),
+            bundle: id.clone(),
+            signature: signature.clone(),
+            created_ms: now_ms(),
+        };
+        let revision = self.activate(&version, Some(version.clone()), routes)?;
+        tracing::info!(%function, version = version.number, bundle = %&id[..12], revision, "deployed");
+        Ok((
+            StatusCode::CREATED,
+            json!({ "function": function, "version": version.number, "bundle": id, "signature": signature,
+                "revision": revision, "new": true }),
+        ))
+    }
+
+    /// Makes `version` what its function runs (recording it first when `new`).
+    fn activate(&self, version: &Version, new: Option<Version>, routes: Vec<String>) -> Result<u64, ApiError> {
+        let active = Active {
+            function: version.function.clone(),
+            version: version.number,
+            bundle: version.bundle.clone(),
+            revision: 0,
+            routes: routes.clone(),
+        };
+        let function = version.function.clone();
+        let check = move |current: &[Active]| -> Result<(), ApiError> {
+            deploy::check_routes(&function, &routes, current).map_err(ApiError::from)
+        };
+        self.store.commit(Commit { new_version: new, active, at_ms: now_ms() }, &check)
+    }
+
+    fn versions(&self, name: &str) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        let versions = self.store.versions(name)?;
+        if versions.is_empty() {
+            return Err(DeployError::UnknownFunction(name.into()).into());
+        }
+        let active = self.store.active()?.into_iter().find(|a| a.function == name);
+        Ok((StatusCode::OK, json!({ "function": name, "active": active.map(|a| a.version), "versions": versions })))
+    }
+
+    fn rollback(&self, name: &str, to: Option<&str>) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        let versions = self.store.versions(name)?;
+        let active = self.store.active()?.into_iter().find(|a| a.function == name);
+        let target = deploy::rollback_target(name, &versions, active.as_ref(), to)?.clone();
+        let wire = self.store.bundle(&target.bundle)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("version {} of {name} has no bundle {}", target.number, target.bundle))
+        })?;
+        let expected: BundleId = target.bundle.parse().map_err(|()| StoreError::Corrupt("bad bundle id".into()))?;
+        let bundle = Bundle::from_wire(&wire, expected).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let routes = bundle.manifest.routes.iter().map(|r| r.as_str().to_string()).collect();
+        let revision = self.activate(&target, None, routes)?;
+        tracing::info!(function = name, version = target.number, revision, "rolled back");
+        Ok((
+            StatusCode::OK,
+            json!({ "function": name, "version": target.number, "bundle": target.bundle,
+            "revision": revision }),
+        ))
+    }
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is larger than {} MiB", limit >> 20),
+        )),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("reading the body: {e}"))),
+    }
+}

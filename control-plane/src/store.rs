@@ -1,0 +1,280 @@
+//! Where the control plane's state lives, behind one trait: bundles by id, every version of
+//! every function, which version each function runs, and the revisioned log of changes that
+//! nodes follow. [`EmbeddedStore`] keeps it in one file under the data directory (redb,
+//! crash-safe transactions); an etcd store implements the same trait for replicas that
+//! share state.
+//!
+//! A change is decided inside the store's write transaction ([`Store::commit`] takes the
+//! check as a closure over the current state), so two deploys racing for the same route
+//! cannot both pass the check.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// Bundle wire bytes by bundle id (hex).
+const BUNDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("bundles");
+/// Version records (JSON) by `function/sequence` (sequence zero-padded).
+const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
+/// What each function runs (JSON), by function name.
+const ACTIVE: TableDefinition<&str, &[u8]> = TableDefinition::new("active");
+/// The change log (JSON) by revision.
+const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+
+/// One immutable version of a function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    pub function: String,
+    /// 1 for the first version of the function, and so on.
+    pub number: u32,
+    /// The bundle's id (64 hex digits).
+    pub bundle: String,
+    /// The control plane's Ed25519 signature over the id (128 hex digits).
+    pub signature: String,
+    /// When it was deployed, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// What a function runs now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Active {
+    pub function: String,
+    pub version: u32,
+    pub bundle: String,
+    /// The revision that made it so.
+    pub revision: u64,
+    /// The route patterns its manifest claims.
+    pub routes: Vec<String>,
+}
+
+/// One entry of the log nodes follow: at `revision`, `function` started running `active`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub revision: u64,
+    pub active: Active,
+    pub at_ms: u64,
+}
+
+/// A change to make: optionally record a new version, and make `active` what the function
+/// runs. The revision is filled in by the store.
+pub struct Commit {
+    pub new_version: Option<Version>,
+    pub active: Active,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the control plane's store failed: {0} (check the data directory's disk and permissions)")]
+    Backend(String),
+    #[error("the store holds a record it cannot read: {0}")]
+    Corrupt(String),
+}
+
+/// The check a commit must pass, run inside the write transaction over every function's
+/// current state; its error is returned as is.
+pub type Check<'a, E> = &'a dyn Fn(&[Active]) -> Result<(), E>;
+
+pub trait Store: Send + Sync + 'static {
+    fn put_bundle(&self, id: &str, wire: &[u8]) -> Result<(), StoreError>;
+    fn bundle(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every version of `function`, oldest first.
+    fn versions(&self, function: &str) -> Result<Vec<Version>, StoreError>;
+    /// What every function runs now.
+    fn active(&self) -> Result<Vec<Active>, StoreError>;
+    /// Changes after `revision`, in order.
+    fn changes_since(&self, revision: u64) -> Result<Vec<Change>, StoreError>;
+    /// Applies `commit` if `check` passes over the current state; returns the new revision.
+    fn commit<E: From<StoreError>>(&self, commit: Commit, check: Check<'_, E>) -> Result<u64, E>
+    where
+        Self: Sized;
+}
+
+/// The default store: one redb file.
+pub struct EmbeddedStore {
+    db: Database,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialize")
+}
+
+fn version_key(function: &str, number: u32) -> String {
+    format!("{function}/{number:010}")
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(backend)?;
+        txn.open_table(BUNDLES).map_err(backend)?;
+        txn.open_table(VERSIONS).map_err(backend)?;
+        txn.open_table(ACTIVE).map_err(backend)?;
+        txn.open_table(CHANGES).map_err(backend)?;
+        txn.commit().map_err(backend)?;
+        Ok(Self { db })
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn put_bundle(&self, id: &str, wire: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        txn.open_table(BUNDLES).map_err(backend)?.insert(id, wire).map_err(backend)?;
+        txn.commit().map_err(backend)
+    }
+
+    fn bundle(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(BUNDLES).map_err(backend)?;
+        Ok(table.get(id).map_err(backend)?.map(|v| v.value().to_vec()))
+    }
+
+    fn versions(&self, function: &str) -> Result<Vec<Version>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(VERSIONS).map_err(backend)?;
+        let (from, to) = (format!("{function}/"), format!("{function}0"));
+        let mut out = Vec::new();
+        for entry in table.range(from.as_str()..to.as_str()).map_err(backend)? {
+            let (_, value) = entry.map_err(backend)?;
+            out.push(decode(value.value())?);
+        }
+        Ok(out)
+    }
+
+    fn active(&self) -> Result<Vec<Active>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(ACTIVE).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(backend)? {
+            let (_, value) = entry.map_err(backend)?;
+            out.push(decode(value.value())?);
+        }
+        Ok(out)
+    }
+
+    fn changes_since(&self, revision: u64) -> Result<Vec<Change>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(CHANGES).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in table.range(revision + 1..).map_err(backend)? {
+            let (_, value) = entry.map_err(backend)?;
+            out.push(decode(value.value())?);
+        }
+        Ok(out)
+    }
+
+    fn commit<E: From<StoreError>>(&self, commit: Commit, check: Check<'_, E>) -> Result<u64, E> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        let revision = {
+            let mut active = txn.open_table(ACTIVE).map_err(backend)?;
+            let mut current = Vec::new();
+            for entry in active.iter().map_err(backend)? {
+                let (_, value) = entry.map_err(backend)?;
+                current.push(decode::<Active>(value.value())?);
+            }
+            check(&current)?;
+            let mut changes = txn.open_table(CHANGES).map_err(backend)?;
+            let last = changes.last().map_err(backend)?.map_or(0, |(k, _)| k.value());
+            let revision = last + 1;
+            if let Some(version) = &commit.new_version {
+                let mut versions = txn.open_table(VERSIONS).map_err(backend)?;
+                versions
+                    .insert(version_key(&version.function, version.number).as_str(), encode(version).as_slice())
+                    .map_err(backend)?;
+            }
+            let record = Active { revision, ..commit.active };
+            active.insert(record.function.as_str(), encode(&record).as_slice()).map_err(backend)?;
+            let change = Change { revision, active: record, at_ms: commit.at_ms };
+            changes.insert(revision, encode(&change).as_slice()).map_err(backend)?;
+            revision
+        };
+        txn.commit().map_err(backend)?;
+        Ok(revision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(function: &str, number: u32) -> Version {
+        Version {
+            function: function.into(),
+            number,
+            bundle: format!("{number:064}"),
+            signature: "00".repeat(64),
+            created_ms: 1,
+        }
+    }
+
+    fn activate(store: &EmbeddedStore, v: &Version, new: bool) -> Result<u64, StoreError> {
+        let active = Active {
+            function: v.function.clone(),
+            version: v.number,
+            bundle: v.bundle.clone(),
+            revision: 0,
+            routes: vec![],
+        };
+        store.commit(Commit { new_version: new.then(|| v.clone()), active, at_ms: 2 }, &|_| Ok(()))
+    }
+
+    #[test]
+    fn versions_active_and_changes_survive_reopening() {
+        let dir = tempdir();
+        let path = dir.join("state.redb");
+        {
+            let store = EmbeddedStore::open(&path).unwrap();
+            assert_eq!(activate(&store, &version("a", 1), true).unwrap(), 1);
+            assert_eq!(activate(&store, &version("ab", 1), true).unwrap(), 2);
+            assert_eq!(activate(&store, &version("a", 2), true).unwrap(), 3);
+            assert_eq!(activate(&store, &version("a", 1), false).unwrap(), 4);
+            store.put_bundle("x", b"bytes").unwrap();
+        }
+        let store = EmbeddedStore::open(&path).unwrap();
+        let numbers: Vec<u32> = store.versions("a").unwrap().iter().map(|v| v.number).collect();
+        assert_eq!(numbers, [1, 2], "'ab' is another function");
+        let a = store.active().unwrap().into_iter().find(|x| x.function == "a").unwrap();
+        assert_eq!((a.version, a.revision), (1, 4));
+        let revisions: Vec<u64> = store.changes_since(2).unwrap().iter().map(|c| c.revision).collect();
+        assert_eq!(revisions, [3, 4]);
+        assert_eq!(store.bundle("x").unwrap().as_deref(), Some(&b"bytes"[..]));
+        assert_eq!(store.bundle("y").unwrap(), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_refused_check_changes_nothing() {
+        let dir = tempdir();
+        let store = EmbeddedStore::open(&dir.join("state.redb")).unwrap();
+        activate(&store, &version("a", 1), true).unwrap();
+        let v = version("a", 2);
+        let active = Active { function: "a".into(), version: 2, bundle: v.bundle.clone(), revision: 0, routes: vec![] };
+        let refused = store.commit(Commit { new_version: Some(v), active, at_ms: 3 }, &|current: &[Active]| {
+            assert_eq!(current.len(), 1);
+            Err(StoreError::Corrupt("refused".into()))
+        });
+        assert!(refused.is_err());
+        assert_eq!(store.versions("a").unwrap().len(), 1);
+        assert_eq!(store.changes_since(0).unwrap().len(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempdir() -> std::path::PathBuf {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tern-store-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
