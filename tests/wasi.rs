@@ -208,13 +208,17 @@ async fn every_request_gets_fresh_memory_and_concurrent_requests_do_not_cross() 
 async fn broken_programs_get_clear_errors() {
     let no_head = wat_function("nohead", "no-head", "");
     let foreign = wat_function("foreign", "foreign-import", "");
-    let tern = dev(&[&no_head, &foreign]);
+    let bad_status = wat_function("badstatus", "bad-status", "");
+    let tern = dev(&[&no_head, &foreign, &bad_status]);
     let a = get(&tern, "nohead.localhost", "/").await;
     assert_eq!((a.status, a.header("tern-error")), (500, Some("invalid_response")), "{}", a.text);
     assert!(a.text.contains("blank line that ends the CGI headers"), "{}", a.text);
     let b = get(&tern, "foreign.localhost", "/").await;
     assert_eq!((b.status, b.header("tern-error")), (500, Some("load_failed")), "{}", b.text);
     assert!(b.text.contains("\"env\".\"host_magic\"") && b.text.contains("wasi_snapshot_preview1"), "{}", b.text);
+    let c = get(&tern, "badstatus.localhost", "/").await;
+    assert_eq!((c.status, c.header("tern-error")), (500, Some("invalid_response")), "{}", c.text);
+    assert!(c.text.contains("Status: 99 Bottles") && c.text.contains("between 200 and 599"), "{}", c.text);
 }
 
 #[tokio::test]
