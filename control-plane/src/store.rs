@@ -70,6 +70,8 @@ pub enum StoreError {
     Backend(String),
     #[error("the store holds a record it cannot read: {0}")]
     Corrupt(String),
+    #[error("{0} is in use by another control plane: give each its own --data directory")]
+    InUse(String),
 }
 
 /// The check a commit must pass, run inside the write transaction over every function's
@@ -115,7 +117,10 @@ fn version_key(function: &str, number: u32) -> String {
 impl EmbeddedStore {
     /// Opens (or creates) the store file at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.display().to_string()),
+            e => StoreError::Backend(format!("{}: {e}", path.display())),
+        })?;
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(BUNDLES).map_err(backend)?;
         txn.open_table(VERSIONS).map_err(backend)?;
