@@ -185,3 +185,16 @@ async fn get_json(url: &str, path: &str, token: Option<&str>) -> serde_json::Val
     }
     send(&http1(), request.body(empty()).unwrap()).await.json()
 }
+
+#[tokio::test]
+async fn a_second_control_plane_on_the_same_data_directory_is_refused_and_says_why() {
+    let (_dir, data) = data_dir();
+    let _first = ControlPlane::start(&data);
+    let second = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["control-plane", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .output()
+        .expect("run tern");
+    let e = refused(second);
+    assert!(e.contains("in use by another control plane"), "{e}");
+}
