@@ -133,12 +133,7 @@ pub fn prepare_for_reuse(module: &[u8]) -> Result<Vec<u8>, String> {
             .into());
     }
     let mut reset = AddReset { mutable, type_index: types, function_index: imported_functions + functions };
-    let mut out = wasm_encoder::Module::new();
-    reset.parse_core_module(&mut out, wasmparser::Parser::new(0), module).map_err(|e| match e {
-        Error::UserError(message) => message,
-        other => format!("invalid WebAssembly module: {other}"),
-    })?;
-    Ok(out.finish())
+    crate::wasm_limits::reencode(&mut reset, module)
 }
 
 #[cfg(test)]

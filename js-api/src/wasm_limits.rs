@@ -38,9 +38,14 @@ impl Reencode for Clamp {
 
 /// `module` with every memory's maximum clamped to `max_bytes`.
 pub fn clamp_memories(module: &[u8], max_bytes: u64) -> Result<Vec<u8>, String> {
+    reencode(&mut Clamp { max_pages: max_bytes / PAGE_BYTES }, module)
+}
+
+/// `module` passed through `reencoder`; its own refusals come back as they are, anything
+/// else as "invalid WebAssembly module".
+pub(crate) fn reencode(reencoder: &mut impl Reencode<Error = String>, module: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = wasm_encoder::Module::new();
-    let mut clamp = Clamp { max_pages: max_bytes / PAGE_BYTES };
-    clamp.parse_core_module(&mut out, wasmparser::Parser::new(0), module).map_err(|e| match e {
+    reencoder.parse_core_module(&mut out, wasmparser::Parser::new(0), module).map_err(|e| match e {
         Error::UserError(message) => message,
         other => format!("invalid WebAssembly module: {other}"),
     })?;
