@@ -4,57 +4,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
+use support::platform::ControlPlane;
 use support::*;
-
-/// A running `tern control-plane`; killed on drop.
-struct ControlPlane {
-    child: Child,
-    url: String,
-    token: String,
-}
-
-impl ControlPlane {
-    fn start(data: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(["control-plane", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tern control-plane");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().expect("a first line").unwrap();
-        let url = first.strip_prefix("tern control-plane: listening on ").expect(&first).to_string();
-        std::thread::spawn(move || lines.for_each(drop));
-        let token = std::fs::read_to_string(data.join("admin-token")).unwrap().trim().to_string();
-        Self { child, url, token }
-    }
-
-    /// Runs `tern ARGS` against this control plane with the admin token.
-    fn tern(&self, args: &[&str]) -> Output {
-        self.tern_with_token(args, Some(&self.token))
-    }
-
-    fn tern_with_token(&self, args: &[&str], token: Option<&str>) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
-        cmd.args(args).env("TERN_CONTROL_PLANE", &self.url).env_remove("TERN_TOKEN");
-        if let Some(token) = token {
-            cmd.env("TERN_TOKEN", token);
-        }
-        cmd.output().expect("run tern")
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn ok(output: Output) -> String {
     let (out, err) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));

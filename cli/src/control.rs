@@ -1,9 +1,11 @@
-//! The control plane's commands: `tern control-plane` (serve the API) and the user's side,
-//! `tern deploy`, `tern versions`, `tern rollback`, which speak its HTTP/JSON API.
+//! The control plane's commands: `tern control-plane` (serve the API and the distribution
+//! endpoint) and the user's side, `tern deploy`, `tern versions`, `tern rollback`,
+//! `tern status`, which speak its HTTP/JSON API.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -11,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tern_control_plane::api::ControlPlane;
+use tern_control_plane::ca::Authority;
 use tern_control_plane::keys::Secrets;
 use tern_control_plane::store::EmbeddedStore;
 
@@ -25,15 +28,30 @@ pub struct Credentials {
     pub token: Option<String>,
 }
 
-/// `tern control-plane`: the API on `listen`, state and secrets under `data`.
+/// `tern control-plane`: the API on `listen` (TCP), the distribution endpoint on the same
+/// port over UDP (QUIC), state and secrets under `data`.
 pub async fn serve(listen: SocketAddr, data: &Path) -> anyhow::Result<()> {
     let secrets = Secrets::open(data)?;
+    let authority = Authority::open(data)?;
     let store = EmbeddedStore::open(&data.join("state.redb"))?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    let tls = authority.server_config()?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("the TLS setup does not suit QUIC")?;
+    let mut quic = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    // Notice a vanished node within seconds.
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
+    transport.max_idle_timeout(Some(Duration::from_secs(8).try_into()?));
+    quic.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::server(quic, addr)
+        .with_context(|| format!("cannot open the distribution endpoint on udp {addr}"))?;
     println!("tern control-plane: listening on http://{addr}");
+    println!("tern control-plane: distribution (QUIC) on udp {addr}");
     println!("tern control-plane: admin token in {}", secrets.admin_token_path.display());
-    let plane = Arc::new(ControlPlane::new(store, secrets));
+    println!("tern control-plane: join token in {}", secrets.join_token_path.display());
+    let plane = Arc::new(ControlPlane::new(store, secrets, authority)?);
+    tokio::spawn(tern_control_plane::distribute::serve(plane.clone(), endpoint));
     tokio::select! {
         () = plane.serve(listener) => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
@@ -72,8 +90,9 @@ async fn call(
     Ok(value)
 }
 
-/// `tern deploy PATH`: uploads the project as a new version and makes it active.
-pub async fn deploy(path: &Path, credentials: &Credentials) -> anyhow::Result<()> {
+/// `tern deploy PATH`: uploads the project as a new version and makes it active; with
+/// `wait`, then waits (at most that long) until every connected node serves it.
+pub async fn deploy(path: &Path, wait: Option<Duration>, credentials: &Credentials) -> anyhow::Result<()> {
     let bundle = crate::project::load(path)?;
     let id = bundle.id().to_string();
     let answer =
@@ -91,6 +110,134 @@ pub async fn deploy(path: &Path, credentials: &Credentials) -> anyhow::Result<()
         &answer["bundle"].as_str().unwrap_or_default()[..12],
         answer["revision"]
     );
+    match (wait, answer["revision"].as_u64()) {
+        (Some(timeout), Some(revision)) => wait_until_live(credentials, revision, timeout).await,
+        _ => Ok(()),
+    }
+}
+
+/// Follows `revision` until every connected node serves it, printing progress on stderr.
+async fn wait_until_live(credentials: &Credentials, revision: u64, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut shown = String::new();
+    loop {
+        let progress =
+            call(credentials, http::Method::GET, &format!("/v1/revisions/{revision}"), &[], Bytes::new()).await?;
+        let names = |key: &str| -> Vec<String> {
+            progress[key].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect()
+        };
+        let (live, pending, offline) = (names("live"), names("pending"), names("offline"));
+        let refused: Vec<String> = progress["refused"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|pair| format!("{} ({})", pair[0].as_str().unwrap_or("?"), pair[1].as_str().unwrap_or("?")))
+            .collect();
+        if !refused.is_empty() {
+            bail!(
+                "revision {revision} was refused by: {}; those nodes keep serving the previous version",
+                refused.join(", ")
+            );
+        }
+        let offline_note = if offline.is_empty() {
+            String::new()
+        } else {
+            format!("; offline, will catch up when they reconnect: {}", offline.join(", "))
+        };
+        if pending.is_empty() {
+            match progress["propagation_ms"].as_u64() {
+                Some(ms) => println!("live on {} node{} in {ms} ms{offline_note}", live.len(), plural(live.len())),
+                None => println!("no node is connected{offline_note}"),
+            }
+            return Ok(());
+        }
+        let line = format!(
+            "waiting: live on {}/{} nodes, pending: {}",
+            live.len(),
+            live.len() + pending.len(),
+            pending.join(", ")
+        );
+        if line != shown {
+            eprintln!("{line}");
+            shown = line;
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "revision {revision} is not live everywhere after {timeout:?}: pending on {} (`tern status` shows more)",
+                pending.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// `tern status [NAME]`: what every function runs, what every node serves, and how far the
+/// latest change has spread.
+pub async fn status(name: Option<&str>, credentials: &Credentials) -> anyhow::Result<()> {
+    let status = call(credentials, http::Method::GET, "/v1/status", &[], Bytes::new()).await?;
+    let functions: Vec<&serde_json::Value> = status["functions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| name.is_none_or(|n| f["function"] == n))
+        .collect();
+    if let Some(name) = name
+        && functions.is_empty()
+    {
+        bail!("no function {name:?} is deployed");
+    }
+    println!("{:<24} {:<8} {:<14} {:<8}", "FUNCTION", "VERSION", "BUNDLE", "REVISION");
+    for f in &functions {
+        println!(
+            "{:<24} {:<8} {:<14} {:<8}",
+            f["function"].as_str().unwrap_or_default(),
+            f["version"].to_string(),
+            &f["bundle"].as_str().unwrap_or_default()[..12],
+            f["revision"].to_string()
+        );
+    }
+    println!();
+    println!("{:<16} {:<12} {:<10} {:<9} RUNS", "NODE", "REGION", "STATE", "REVISION");
+    for node in status["nodes"].as_array().into_iter().flatten() {
+        let state = if node["connected"] == true { "connected" } else { "offline" };
+        let runs: Vec<String> = functions
+            .iter()
+            .map(|f| {
+                let function = f["function"].as_str().unwrap_or_default();
+                match node["versions"][function].as_u64() {
+                    Some(v) if Some(v) == f["version"].as_u64() => format!("{function}@{v}"),
+                    Some(v) => format!("{function}@{v} (behind)"),
+                    None => format!("{function}: none"),
+                }
+            })
+            .collect();
+        println!(
+            "{:<16} {:<12} {:<10} {:<9} {}",
+            node["name"].as_str().unwrap_or_default(),
+            node["region"].as_str().unwrap_or_default(),
+            state,
+            node["applied"].as_u64().map_or("-".into(), |r| r.to_string()),
+            runs.join(" ")
+        );
+    }
+    let latest = &status["latest"];
+    if latest.is_object() {
+        let count = |key: &str| latest[key].as_array().map_or(0, Vec::len);
+        let spread = match latest["propagation_ms"].as_u64() {
+            Some(ms) => format!("live on {} connected node{} in {ms} ms", count("live"), plural(count("live"))),
+            None => format!(
+                "live on {}/{} connected nodes",
+                count("live"),
+                count("live") + count("pending") + count("refused")
+            ),
+        };
+        println!();
+        println!("latest revision {}: {spread}", latest["revision"]);
+    }
     Ok(())
 }
 
@@ -113,8 +260,13 @@ pub async fn versions(name: &str, credentials: &Credentials) -> anyhow::Result<(
     Ok(())
 }
 
-/// `tern rollback NAME [--to V]`.
-pub async fn rollback(name: &str, to: Option<&str>, credentials: &Credentials) -> anyhow::Result<()> {
+/// `tern rollback NAME [--to V]`, waiting like `tern deploy`.
+pub async fn rollback(
+    name: &str,
+    to: Option<&str>,
+    wait: Option<Duration>,
+    credentials: &Credentials,
+) -> anyhow::Result<()> {
     let body = serde_json::json!({ "to": to }).to_string();
     let answer =
         call(credentials, http::Method::POST, &format!("/v1/functions/{name}/rollback"), &[], body.into()).await?;
@@ -124,7 +276,10 @@ pub async fn rollback(name: &str, to: Option<&str>, credentials: &Credentials) -
         &answer["bundle"].as_str().unwrap_or_default()[..12],
         answer["revision"]
     );
-    Ok(())
+    match (wait, answer["revision"].as_u64()) {
+        (Some(timeout), Some(revision)) => wait_until_live(credentials, revision, timeout).await,
+        _ => Ok(()),
+    }
 }
 
 /// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS`.

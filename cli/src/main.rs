@@ -1,5 +1,6 @@
 //! `tern`: one binary for every role of the platform. Today: `tern dev`, `tern control-plane`
-//! with its user commands (`tern deploy`, `tern versions`, `tern rollback`), and the internal
+//! with its user commands (`tern deploy`, `tern versions`, `tern rollback`, `tern status`),
+//! `tern node`, and the internal
 //! roles it starts: `tern serve` (a server process) and `tern isolate-host` (isolates in a
 //! process of their own).
 //!
@@ -8,6 +9,7 @@
 
 mod control;
 mod dev;
+mod node;
 mod project;
 mod serve;
 
@@ -110,10 +112,59 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
     },
-    /// Deploy a function project: upload it as a new version and make it active.
+    /// Run an edge node: enrol with the control plane, follow what it assigns, serve it.
+    Node {
+        /// The control plane's API, e.g. http://127.0.0.1:7700 (its distribution endpoint is
+        /// the same port over UDP).
+        #[arg(long = "control-plane", env = "TERN_CONTROL_PLANE", default_value = "http://127.0.0.1:7700")]
+        control_plane: String,
+        /// The token nodes enrol with (the control plane's `join-token` file); needed only
+        /// until the node has enrolled.
+        #[arg(long, env = "TERN_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
+        /// This node's name, unique among the control plane's nodes.
+        #[arg(long)]
+        name: String,
+        /// The region it belongs to, e.g. `eu-west`.
+        #[arg(long)]
+        region: String,
+        /// Where it is: `LAT,LON` in degrees.
+        #[arg(long, value_parser = node::parse_location, allow_hyphen_values = true)]
+        location: (f64, f64),
+        /// Address to serve HTTP on.
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: std::net::SocketAddr,
+        /// The address routers reach this node's HTTP on (default: the listen address).
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Where the node keeps its identity and what it applied (default:
+        /// `$XDG_DATA_HOME/tern/node-NAME`).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Booted isolates kept waiting for functions new to the node.
+        #[arg(long, default_value_t = 1)]
+        warm_pool: usize,
+        #[arg(long = "ca-cert", value_name = "FILE")]
+        ca_certs: Vec<PathBuf>,
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+        header_read_timeout: Duration,
+        #[command(flatten)]
+        isolates: IsolateArgs,
+    },
+    /// Deploy a function project: upload it as a new version, make it active, and wait
+    /// until every connected node serves it.
     Deploy {
         /// A folder with tern.toml, or a single .js/.mjs file.
         path: PathBuf,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        credentials: control::Credentials,
+    },
+    /// Which node runs which version, and how long the last change took to reach them.
+    Status {
+        /// Only this function.
+        name: Option<String>,
         #[command(flatten)]
         credentials: control::Credentials,
     },
@@ -130,6 +181,8 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
         #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
         credentials: control::Credentials,
     },
     /// Internal: run isolates for the node connected on standard input.
@@ -144,6 +197,23 @@ enum Command {
         #[arg(long = "ca-cert", value_name = "FILE")]
         ca_certs: Vec<PathBuf>,
     },
+}
+
+/// Whether a change waits until every connected node serves it.
+#[derive(clap::Args, Clone, Debug)]
+pub struct WaitArgs {
+    /// Return once the change is recorded, without waiting for the nodes.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait for the nodes, e.g. `30s`.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+impl WaitArgs {
+    fn limit(&self) -> Option<Duration> {
+        (!self.no_wait).then_some(self.timeout)
+    }
 }
 
 /// Where isolates run and what they may reach: `tern dev` takes these and hands them to its
@@ -218,7 +288,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if matches!(cli.command, Command::Serve { .. } | Command::IsolateHost { .. }) {
+    if matches!(cli.command, Command::Serve { .. } | Command::IsolateHost { .. } | Command::Node { .. }) {
         // Roles that run isolates own the engine's code cache; before any thread starts.
         tern_runtime::code_cache::install(&tern_runtime::code_cache::default_dir())?;
     }
@@ -276,10 +346,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(control::serve(listen, &data))
         }
-        Command::Deploy { path, credentials } => rt.block_on(control::deploy(&path, &credentials)),
+        Command::Node {
+            control_plane,
+            join_token,
+            name,
+            region,
+            location,
+            listen,
+            advertise,
+            data,
+            warm_pool,
+            ca_certs,
+            header_read_timeout,
+            isolates,
+        } => {
+            let limits = tern_edge_node::ServerLimits { header_read_timeout, ..Default::default() };
+            let rt = tokio::runtime::Builder::new_multi_thread().thread_name("tern-node").enable_all().build()?;
+            rt.block_on(node::run(node::NodeOptions {
+                control_plane,
+                join_token,
+                name,
+                region,
+                location,
+                listen,
+                advertise,
+                data,
+                isolates,
+                ca_certs,
+                warm_pool,
+                limits,
+                log_format,
+            }))
+        }
+        Command::Deploy { path, wait, credentials } => rt.block_on(control::deploy(&path, wait.limit(), &credentials)),
+        Command::Status { name, credentials } => rt.block_on(control::status(name.as_deref(), &credentials)),
         Command::Versions { name, credentials } => rt.block_on(control::versions(&name, &credentials)),
-        Command::Rollback { name, to, credentials } => {
-            rt.block_on(control::rollback(&name, to.as_deref(), &credentials))
+        Command::Rollback { name, to, wait, credentials } => {
+            rt.block_on(control::rollback(&name, to.as_deref(), wait.limit(), &credentials))
         }
         Command::IsolateHost { warm_pool, memory_budget_mib, allow_loopback, ca_certs } => {
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -61,34 +61,7 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         bundles.push(Arc::new(project::load(path)?));
     }
     let fallback = options.fallback.then(|| bundles[0].name().to_string());
-    let backend = if options.isolates.isolate_hosts == 0 {
-        let egress =
-            Egress { policy: egress_policy(options.isolates.allow_loopback), roots: trusted_roots(&options.ca_certs)? };
-        Backend::InProcess(Isolates::start(IsolateConfig {
-            egress,
-            warm_pool: options.warm_pool,
-            memory_budget: options.isolates.isolate_memory_budget_mib << 20,
-            ..IsolateConfig::default()
-        })?)
-    } else {
-        trusted_roots(&options.ca_certs)?;
-        let mut args: Vec<String> = vec!["--log-format".into(), options.log_format.into(), "isolate-host".into()];
-        args.extend(["--warm-pool".into(), options.warm_pool.to_string()]);
-        args.extend(["--memory-budget-mib".into(), options.isolates.isolate_memory_budget_mib.to_string()]);
-        if options.isolates.allow_loopback {
-            args.push("--allow-loopback".into());
-        }
-        for ca in &options.ca_certs {
-            args.extend(["--ca-cert".into(), ca.display().to_string()]);
-        }
-        let config = HostConfig {
-            count: options.isolates.isolate_hosts,
-            recycle_after: options.isolates.host_recycle_after,
-            program: std::env::current_exe().context("cannot find the tern executable")?,
-            args,
-        };
-        Backend::Hosts(HostPool::start(config, Default::default()).await.context("cannot start isolate hosts")?)
-    };
+    let backend = backend(&options.isolates, &options.ca_certs, options.warm_pool, options.log_format).await?;
     let node = Arc::new(EdgeNode::new(backend, ErrorDetail::Expose, options.limits));
     node.set_routes(RouteTable::new(bundles, fallback.as_deref())).await;
     let serving = tern_edge_node::server::listen_on(&node, listener).context("cannot serve the inherited socket")?;
@@ -120,6 +93,41 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     }
     serving.drain(DRAIN_PATIENCE).await;
     Ok(())
+}
+
+/// Where the process's isolates run: in it, or in isolate host processes it starts.
+pub async fn backend(
+    isolates: &crate::IsolateArgs,
+    ca_certs: &[PathBuf],
+    warm_pool: usize,
+    log_format: &'static str,
+) -> anyhow::Result<Backend> {
+    if isolates.isolate_hosts == 0 {
+        let egress = Egress { policy: egress_policy(isolates.allow_loopback), roots: trusted_roots(ca_certs)? };
+        return Ok(Backend::InProcess(Isolates::start(IsolateConfig {
+            egress,
+            warm_pool,
+            memory_budget: isolates.isolate_memory_budget_mib << 20,
+            ..IsolateConfig::default()
+        })?));
+    }
+    trusted_roots(ca_certs)?;
+    let mut args: Vec<String> = vec!["--log-format".into(), log_format.into(), "isolate-host".into()];
+    args.extend(["--warm-pool".into(), warm_pool.to_string()]);
+    args.extend(["--memory-budget-mib".into(), isolates.isolate_memory_budget_mib.to_string()]);
+    if isolates.allow_loopback {
+        args.push("--allow-loopback".into());
+    }
+    for ca in ca_certs {
+        args.extend(["--ca-cert".into(), ca.display().to_string()]);
+    }
+    let config = HostConfig {
+        count: isolates.isolate_hosts,
+        recycle_after: isolates.host_recycle_after,
+        program: std::env::current_exe().context("cannot find the tern executable")?,
+        args,
+    };
+    Ok(Backend::Hosts(HostPool::start(config, Default::default()).await.context("cannot start isolate hosts")?))
 }
 
 /// Public destinations, plus loopback when asked.

@@ -8,6 +8,9 @@
 //! | `GET /v1/functions/{name}/versions` | every version, oldest first, and the active one |
 //! | `POST /v1/functions/{name}/rollback` | body `{"to": "3"}` or `{}`: makes an older version active |
 //! | `GET /v1/signing-key` | the Ed25519 public key bundles are signed with (hex) |
+//! | `POST /v1/nodes` | with the join token (or the admin token): enrols a node, body `{"node": {name, region, location, listen}, "csr": PEM}`; answers its certificate, the CA certificate and the signing key |
+//! | `GET /v1/status` | every function's active version, every node's applied revision, and how far the latest revision has spread |
+//! | `GET /v1/revisions/{n}` | how far revision `n` has spread: which nodes serve it, which are pending or offline, and the propagation time once done |
 //!
 //! Errors answer `{"error": code, "message": ...}` with a status that fits.
 
@@ -25,9 +28,14 @@ use serde_json::json;
 use tern_proto::{Bundle, BundleId};
 use tokio::net::TcpListener;
 
+use tern_proto::distribution::NodeInfo;
+use tokio::sync::watch;
+
+use crate::ca::Authority;
 use crate::deploy::{self, DeployError};
+use crate::fleet::{Fleet, progress};
 use crate::keys::Secrets;
-use crate::store::{Active, Commit, Store, StoreError, Version};
+use crate::store::{Active, Commit, NodeRecord, Store, StoreError, Version};
 
 /// Largest bundle a deploy may upload.
 pub const MAX_BUNDLE_BYTES: usize = 64 << 20;
@@ -35,6 +43,10 @@ pub const MAX_BUNDLE_BYTES: usize = 64 << 20;
 pub struct ControlPlane<S> {
     store: S,
     secrets: Secrets,
+    authority: Authority,
+    fleet: Fleet,
+    /// The latest committed revision, watched by every node's subscription.
+    revision: watch::Sender<u64>,
 }
 
 /// Why a request was refused.
@@ -71,7 +83,7 @@ impl From<DeployError> for ApiError {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -83,8 +95,26 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Full<
 }
 
 impl<S: Store> ControlPlane<S> {
-    pub fn new(store: S, secrets: Secrets) -> Self {
-        Self { store, secrets }
+    pub fn new(store: S, secrets: Secrets, authority: Authority) -> Result<Self, StoreError> {
+        let (revision, _) = watch::channel(store.revision()?);
+        Ok(Self { store, secrets, authority, fleet: Fleet::default(), revision })
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The latest committed revision, as it changes.
+    pub fn revisions(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
     }
 
     /// Serves the API on `listener` until the process ends.
@@ -135,6 +165,10 @@ impl<S: Store> ControlPlane<S> {
                 let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
                 return Ok((StatusCode::OK, json!({ "algorithm": "ed25519", "public_key": hex })));
             }
+            (&Method::POST, ["v1", "nodes"]) => {
+                self.authorize_join(&req)?;
+                return self.enroll(req).await;
+            }
             _ => {}
         }
         self.authorize(&req)?;
@@ -142,6 +176,13 @@ impl<S: Store> ControlPlane<S> {
             (Method::POST, ["v1", "deployments"]) => self.deploy(req).await,
             (Method::GET, ["v1", "functions"]) => Ok((StatusCode::OK, json!({ "functions": self.store.active()? }))),
             (Method::GET, ["v1", "functions", name, "versions"]) => self.versions(name),
+            (Method::GET, ["v1", "status"]) => self.status(),
+            (Method::GET, ["v1", "revisions", revision]) => {
+                let revision = revision
+                    .parse()
+                    .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "a revision is a number"))?;
+                Ok((StatusCode::OK, self.progress(revision)?))
+            }
             (Method::POST, ["v1", "functions", name, "rollback"]) => {
                 let name = name.to_string();
                 let body = read_body(req, 64 * 1024).await?;
@@ -162,10 +203,19 @@ impl<S: Store> ControlPlane<S> {
     }
 
     fn authorize(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
+        self.authorize_with(req, |token| self.secrets.is_admin(token))
+    }
+
+    /// Nodes enrol with the join token; the admin token will do too.
+    fn authorize_join(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
+        self.authorize_with(req, |token| self.secrets.is_join(token) || self.secrets.is_admin(token))
+    }
+
+    fn authorize_with(&self, req: &Request<Incoming>, valid: impl Fn(&str) -> bool) -> Result<(), ApiError> {
         let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let token = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
         match token {
-            Some(token) if self.secrets.is_admin(token) => Ok(()),
+            Some(token) if valid(token) => Ok(()),
             Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", "the token is not valid")),
             None => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -234,6 +284,7 @@ impl<S: Store> ControlPlane<S> {
             function: version.function.clone(),
             version: version.number,
             bundle: version.bundle.clone(),
+            signature: version.signature.clone(),
             revision: 0,
             routes: routes.clone(),
         };
@@ -241,7 +292,75 @@ impl<S: Store> ControlPlane<S> {
         let check = move |current: &[Active]| -> Result<(), ApiError> {
             deploy::check_routes(&function, &routes, current).map_err(ApiError::from)
         };
-        self.store.commit(Commit { new_version: new, active, at_ms: now_ms() }, &check)
+        let revision = self.store.commit(Commit { new_version: new, active, at_ms: now_ms() }, &check)?;
+        self.revision.send_replace(revision);
+        Ok(revision)
+    }
+
+    async fn enroll(&self, req: Request<Incoming>) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Enrolment {
+            node: NodeInfo,
+            csr: String,
+        }
+        let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_enrolment", message);
+        let body = read_body(req, 64 * 1024).await?;
+        let enrolment: Enrolment = serde_json::from_slice(&body).map_err(|e| bad(format!("body: {e}")))?;
+        crate::fleet::check_node(&enrolment.node).map_err(bad)?;
+        let certificate =
+            self.authority.issue_node(&enrolment.node.name, &enrolment.csr).map_err(|e| bad(e.to_string()))?;
+        let der: rustls::pki_types::CertificateDer =
+            rustls::pki_types::pem::PemObject::from_pem_slice(certificate.as_bytes())
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "issue_failed", e.to_string()))?;
+        let record = NodeRecord {
+            info: enrolment.node.clone(),
+            fingerprint: crate::ca::fingerprint(&der),
+            enrolled_ms: now_ms(),
+        };
+        self.store.put_node(&record)?;
+        tracing::info!(node = %record.info.name, region = %record.info.region, "node enrolled");
+        let key = self.secrets.signing.verifying_key();
+        let signing_key: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        Ok((
+            StatusCode::CREATED,
+            json!({ "certificate": certificate, "ca": self.authority.certificate_pem, "signing_key": signing_key }),
+        ))
+    }
+
+    /// How far `revision` has spread over the enrolled nodes.
+    fn progress(&self, revision: u64) -> Result<serde_json::Value, ApiError> {
+        let committed_ms = self.store.changes_since(revision.saturating_sub(1))?.first().map(|c| c.at_ms);
+        let Some(committed_ms) = committed_ms.filter(|_| revision > 0) else {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no revision {revision}")));
+        };
+        let enrolled: Vec<String> = self.store.nodes()?.into_iter().map(|n| n.info.name).collect();
+        let progress = progress(revision, committed_ms, &self.fleet.snapshot(), &enrolled);
+        Ok(serde_json::to_value(progress).expect("progress serializes"))
+    }
+
+    fn status(&self) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        let revision = self.store.revision()?;
+        let live = self.fleet.snapshot();
+        let changes = self.store.changes_since(0)?;
+        let nodes: Vec<serde_json::Value> = self
+            .store
+            .nodes()?
+            .into_iter()
+            .map(|record| {
+                let node = live.get(&record.info.name);
+                let info = node.and_then(|n| n.info.clone()).unwrap_or(record.info);
+                let applied = node.map(|n| n.applied);
+                let versions = applied.map(|r| crate::fleet::versions_at(&changes, r));
+                json!({ "name": info.name, "region": info.region, "location": info.location, "listen": info.listen,
+                    "connected": node.is_some_and(|n| n.connected), "applied": applied, "versions": versions,
+                    "refused": node.and_then(|n| n.refused.clone()) })
+            })
+            .collect();
+        let latest = if revision > 0 { Some(self.progress(revision)?) } else { None };
+        Ok((
+            StatusCode::OK,
+            json!({ "revision": revision, "functions": self.store.active()?, "nodes": nodes, "latest": latest }),
+        ))
     }
 
     fn versions(&self, name: &str) -> Result<(StatusCode, serde_json::Value), ApiError> {

@@ -87,6 +87,7 @@ mod tests {
             function: function.into(),
             version,
             bundle: String::new(),
+            signature: String::new(),
             revision: 1,
             routes: routes.iter().map(|r| r.to_string()).collect(),
         }

@@ -1,6 +1,7 @@
 //! The control plane's data directory and the secrets in it: the Ed25519 key that signs
-//! bundles (`signing-key.pk8`) and the admin token (`admin-token`), each created at first
-//! start, readable by the owner only, and kept across restarts.
+//! bundles (`signing-key.pk8`), the admin token (`admin-token`) and the token nodes enroll
+//! with (`join-token`), each created at first start, readable by the owner only, and kept
+//! across restarts. The certificate authority's files are [`crate::ca`]'s.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -17,11 +18,19 @@ pub struct DataDirError {
     what: String,
 }
 
+impl DataDirError {
+    pub fn new(path: &Path, what: impl std::fmt::Display) -> Self {
+        Self { path: path.to_owned(), what: what.to_string() }
+    }
+}
+
 pub struct Secrets {
     pub signing: SigningKey,
     /// SHA-256 of the admin token: the token itself is not kept in memory.
     admin_token_hash: Vec<u8>,
     pub admin_token_path: PathBuf,
+    join_token_hash: Vec<u8>,
+    pub join_token_path: PathBuf,
 }
 
 impl Secrets {
@@ -40,23 +49,36 @@ impl Secrets {
         .map_err(|e| fail(&key_path, e))?;
         let signing = SigningKey::from_pkcs8(&pkcs8).map_err(|e| fail(&key_path, e.to_string()))?;
         let admin_token_path = dir.join("admin-token");
-        let token = read_or_create(&admin_token_path, || {
-            let mut bytes = [0u8; 24];
-            SystemRandom::new().fill(&mut bytes).map_err(|_| "no system randomness".to_string())?;
-            Ok(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>().into_bytes())
-        })
-        .map_err(|e| fail(&admin_token_path, e))?;
-        let token = String::from_utf8_lossy(&token).trim().to_string();
-        Ok(Self { signing, admin_token_hash: digest(&SHA256, token.as_bytes()).as_ref().to_vec(), admin_token_path })
+        let admin_token_hash = token_hash(&admin_token_path).map_err(|e| fail(&admin_token_path, e))?;
+        let join_token_path = dir.join("join-token");
+        let join_token_hash = token_hash(&join_token_path).map_err(|e| fail(&join_token_path, e))?;
+        Ok(Self { signing, admin_token_hash, admin_token_path, join_token_hash, join_token_path })
     }
 
     /// Whether `token` is the admin token.
     pub fn is_admin(&self, token: &str) -> bool {
         digest(&SHA256, token.as_bytes()).as_ref() == self.admin_token_hash.as_slice()
     }
+
+    /// Whether `token` is the token nodes enroll with.
+    pub fn is_join(&self, token: &str) -> bool {
+        digest(&SHA256, token.as_bytes()).as_ref() == self.join_token_hash.as_slice()
+    }
 }
 
-fn read_or_create(path: &Path, create: impl FnOnce() -> Result<Vec<u8>, String>) -> Result<Vec<u8>, String> {
+/// SHA-256 of the token in `path` (a fresh random token when there is none yet): tokens
+/// themselves are not kept in memory.
+fn token_hash(path: &Path) -> Result<Vec<u8>, String> {
+    let token = read_or_create(path, || {
+        let mut bytes = [0u8; 24];
+        SystemRandom::new().fill(&mut bytes).map_err(|_| "no system randomness".to_string())?;
+        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>().into_bytes())
+    })?;
+    let token = String::from_utf8_lossy(&token).trim().to_string();
+    Ok(digest(&SHA256, token.as_bytes()).as_ref().to_vec())
+}
+
+pub(crate) fn read_or_create(path: &Path, create: impl FnOnce() -> Result<Vec<u8>, String>) -> Result<Vec<u8>, String> {
     match std::fs::read(path) {
         Ok(bytes) => return Ok(bytes),
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(format!("cannot read it: {e}")),

@@ -1,12 +1,18 @@
-//! Tern's control plane: stores every version of every function, signs bundles, and says
-//! what each function runs, through an HTTP/JSON API with bearer tokens.
+//! Tern's control plane: stores every version of every function, signs bundles, says what
+//! each function runs through an HTTP/JSON API with bearer tokens, and streams it to every
+//! node.
 //!
 //! Owns the state ([`store`]: an embedded single-file store by default) and the pure
 //! decisions about it ([`deploy`]: version numbering, route conflicts, rollback targets),
-//! the data directory's secrets ([`keys`]: the signing key and the admin token), and the API
-//! ([`api`]). It never links the JS engine.
+//! the data directory's secrets ([`keys`]: the signing key and the tokens), the certificate
+//! authority of the distribution channel ([`ca`]), the API ([`api`]), the distribution
+//! endpoint nodes subscribe to over QUIC ([`distribute`]) and what it knows of connected
+//! nodes ([`fleet`]: applied revisions, propagation). It never links the JS engine.
 
 pub mod api;
+pub mod ca;
 pub mod deploy;
+pub mod distribute;
+pub mod fleet;
 pub mod keys;
 pub mod store;

@@ -21,6 +21,18 @@ const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
 const ACTIVE: TableDefinition<&str, &[u8]> = TableDefinition::new("active");
 /// The change log (JSON) by revision.
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+/// Enrolled nodes (JSON), by name.
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+
+/// A node enrolled with the control plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub info: tern_proto::distribution::NodeInfo,
+    /// SHA-256 of the certificate issued to it (hex): what identifies it on the
+    /// distribution channel. Enrolling again under the same name replaces it.
+    pub fingerprint: String,
+    pub enrolled_ms: u64,
+}
 
 /// One immutable version of a function.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +54,9 @@ pub struct Active {
     pub function: String,
     pub version: u32,
     pub bundle: String,
+    /// The version's signature (128 hex digits), which nodes verify.
+    #[serde(default)]
+    pub signature: String,
     /// The revision that made it so.
     pub revision: u64,
     /// The route patterns its manifest claims.
@@ -85,8 +100,14 @@ pub trait Store: Send + Sync + 'static {
     fn versions(&self, function: &str) -> Result<Vec<Version>, StoreError>;
     /// What every function runs now.
     fn active(&self) -> Result<Vec<Active>, StoreError>;
+    /// The latest revision (0 before the first change).
+    fn revision(&self) -> Result<u64, StoreError>;
     /// Changes after `revision`, in order.
     fn changes_since(&self, revision: u64) -> Result<Vec<Change>, StoreError>;
+    /// Records an enrolled node (replacing one of the same name).
+    fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
+    /// Every enrolled node, by name.
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
     /// Applies `commit` if `check` passes over the current state; returns the new revision.
     fn commit<E: From<StoreError>>(&self, commit: Commit, check: Check<'_, E>) -> Result<u64, E>
     where
@@ -126,6 +147,7 @@ impl EmbeddedStore {
         txn.open_table(VERSIONS).map_err(backend)?;
         txn.open_table(ACTIVE).map_err(backend)?;
         txn.open_table(CHANGES).map_err(backend)?;
+        txn.open_table(NODES).map_err(backend)?;
         txn.commit().map_err(backend)?;
         Ok(Self { db })
     }
@@ -167,11 +189,37 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
+    fn revision(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(CHANGES).map_err(backend)?;
+        Ok(table.last().map_err(backend)?.map_or(0, |(k, _)| k.value()))
+    }
+
     fn changes_since(&self, revision: u64) -> Result<Vec<Change>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(CHANGES).map_err(backend)?;
         let mut out = Vec::new();
         for entry in table.range(revision + 1..).map_err(backend)? {
+            let (_, value) = entry.map_err(backend)?;
+            out.push(decode(value.value())?);
+        }
+        Ok(out)
+    }
+
+    fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        txn.open_table(NODES)
+            .map_err(backend)?
+            .insert(node.info.name.as_str(), encode(node).as_slice())
+            .map_err(backend)?;
+        txn.commit().map_err(backend)
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(NODES).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(backend)? {
             let (_, value) = entry.map_err(backend)?;
             out.push(decode(value.value())?);
         }
@@ -227,6 +275,7 @@ mod tests {
             function: v.function.clone(),
             version: v.number,
             bundle: v.bundle.clone(),
+            signature: v.signature.clone(),
             revision: 0,
             routes: vec![],
         };
@@ -263,7 +312,14 @@ mod tests {
         let store = EmbeddedStore::open(&dir.join("state.redb")).unwrap();
         activate(&store, &version("a", 1), true).unwrap();
         let v = version("a", 2);
-        let active = Active { function: "a".into(), version: 2, bundle: v.bundle.clone(), revision: 0, routes: vec![] };
+        let active = Active {
+            function: "a".into(),
+            version: 2,
+            bundle: v.bundle.clone(),
+            signature: String::new(),
+            revision: 0,
+            routes: vec![],
+        };
         let refused = store.commit(Commit { new_version: Some(v), active, at_ms: 3 }, &|current: &[Active]| {
             assert_eq!(current.len(), 1);
             Err(StoreError::Corrupt("refused".into()))

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod distribution;
 pub mod limits;
 pub mod manifest;
 pub mod route;

@@ -1,0 +1,151 @@
+//! A node's identity on the distribution channel: its private key (generated on the node,
+//! never sent), the certificate the control plane issued for it at enrolment, the control
+//! plane's CA certificate and bundle-signing key, all kept in the node's data directory
+//! (`identity.json`, owner-only) so that a restarted node needs neither the join token nor
+//! the control plane to start serving.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use tern_proto::VerifyingKey;
+use tern_proto::distribution::{ALPN, NodeInfo};
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub name: String,
+    key_pem: String,
+    certificate_pem: String,
+    ca_pem: String,
+    /// The control plane's Ed25519 public key, hex.
+    signing_key: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{path}: {what}")]
+    File { path: PathBuf, what: String },
+    /// Worth trying again later: the control plane could not be reached or failed.
+    #[error("cannot enrol with the control plane at {url}: {what}")]
+    Unreachable { url: String, what: String },
+    /// Not worth trying again: the control plane said no.
+    #[error("the control plane refused the enrolment ({status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("the enrolment answer is unusable: {0}")]
+    BadAnswer(String),
+}
+
+const FILE: &str = "identity.json";
+
+impl Identity {
+    /// The identity kept in `dir`, if the node enrolled before.
+    pub fn load(dir: &Path) -> Result<Option<Self>, IdentityError> {
+        let path = dir.join(FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(IdentityError::File { path, what: format!("cannot read it: {e}") }),
+        };
+        let identity: Self = serde_json::from_slice(&bytes)
+            .map_err(|e| IdentityError::File { path: path.clone(), what: format!("not a node identity: {e}") })?;
+        identity.verifying_key().map_err(|e| IdentityError::File { path, what: e })?;
+        Ok(Some(identity))
+    }
+
+    /// Enrols `node` with the control plane at `url` using `token`, and keeps the identity in `dir`.
+    pub async fn enroll(dir: &Path, url: &str, token: &str, node: &NodeInfo) -> Result<Self, IdentityError> {
+        let unreachable = |what: String| IdentityError::Unreachable { url: url.to_string(), what };
+        let key = rcgen::KeyPair::generate().map_err(|e| IdentityError::BadAnswer(e.to_string()))?;
+        let csr = rcgen::CertificateParams::new(vec![node.name.clone()])
+            .and_then(|params| params.serialize_request(&key))
+            .and_then(|csr| csr.pem())
+            .map_err(|e| IdentityError::BadAnswer(e.to_string()))?;
+        let body = serde_json::json!({ "node": node, "csr": csr }).to_string();
+        let request = http::Request::post(format!("{}/v1/nodes", url.trim_end_matches('/')))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| unreachable(format!("bad URL: {e}")))?;
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        let response = client.request(request).await.map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+        let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        if status.is_server_error() {
+            return Err(unreachable(format!("it answered {status}")));
+        }
+        if !status.is_success() {
+            let message = answer["message"].as_str().unwrap_or("no message").to_string();
+            return Err(IdentityError::Refused { status: status.as_u16(), message });
+        }
+        let field = |name: &str| {
+            answer[name].as_str().map(str::to_string).ok_or_else(|| IdentityError::BadAnswer(format!("no {name}")))
+        };
+        let identity = Self {
+            name: node.name.clone(),
+            key_pem: key.serialize_pem(),
+            certificate_pem: field("certificate")?,
+            ca_pem: field("ca")?,
+            signing_key: field("signing_key")?,
+        };
+        identity.verifying_key().map_err(IdentityError::BadAnswer)?;
+        identity.client_config().map_err(IdentityError::BadAnswer)?;
+        identity.save(dir)?;
+        Ok(identity)
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), IdentityError> {
+        let path = dir.join(FILE);
+        let temporary = dir.join(format!("{FILE}.tmp"));
+        let fail =
+            |e: std::io::Error| IdentityError::File { path: path.clone(), what: format!("cannot write it: {e}") };
+        let _ = std::fs::remove_file(&temporary);
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary).map_err(fail)?;
+        std::io::Write::write_all(&mut file, &serde_json::to_vec_pretty(self).expect("identity serializes"))
+            .and_then(|()| file.sync_all())
+            .map_err(fail)?;
+        std::fs::rename(&temporary, &path).map_err(fail)
+    }
+
+    /// The key bundles must be signed with.
+    pub fn verifying_key(&self) -> Result<VerifyingKey, String> {
+        let bytes: Option<Vec<u8>> = (self.signing_key.len() == 64)
+            .then(|| (0..32).map(|i| u8::from_str_radix(&self.signing_key[2 * i..2 * i + 2], 16).ok()).collect())
+            .flatten();
+        bytes
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+            .ok_or_else(|| "the signing key is not 32 bytes of hex".to_string())
+    }
+
+    /// TLS for the distribution channel: this node's certificate, and only the control
+    /// plane's CA trusted.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig, String> {
+        let certificate = CertificateDer::from_pem_slice(self.certificate_pem.as_bytes()).map_err(|e| e.to_string())?;
+        let ca = CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).map_err(|e| e.to_string())?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| e.to_string())?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).map_err(|e| e.to_string())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![certificate], key)
+            .map_err(|e| e.to_string())?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        // Notice a vanished control plane within seconds, and keep NAT bindings open.
+        transport.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+        transport.max_idle_timeout(Some(std::time::Duration::from_secs(8).try_into().expect("small")));
+        config.transport_config(Arc::new(transport));
+        Ok(config)
+    }
+}

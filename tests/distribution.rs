@@ -1,0 +1,255 @@
+//! Distribution through the real binary: a `tern control-plane` and `tern node`s on
+//! loopback, each its own process, the nodes enrolled with the join token and subscribed
+//! over QUIC with mutual TLS. What a node serves is checked by asking it over HTTP.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Instant;
+
+use support::platform::{ControlPlane, Node};
+use support::*;
+
+fn ok(output: Output) -> String {
+    let (out, err) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "tern failed:\n{out}{err}");
+    out.into_owned()
+}
+
+fn project(name: &str, body: &str, routes: &str) -> Project {
+    Project::with_manifest(
+        &format!("name = \"{name}\"\nmain = \"index.js\"\nroutes = [{routes}]\n"),
+        &[("index.js", &format!("export default {{ fetch() {{ return new Response({body:?}); }} }};"))],
+    )
+}
+
+fn set_body(p: &Project, body: &str) {
+    p.write("index.js", format!("export default {{ fetch() {{ return new Response({body:?}); }} }};").as_bytes());
+}
+
+/// GET `path` on the node with Host `host`.
+async fn ask(node: &Node, host: &str, path: &str) -> Answer {
+    let request = http::Request::get(format!("http://{}{path}", node.addr)).header("host", host);
+    send(&http1(), request.body(empty()).unwrap()).await
+}
+
+/// Waits (at most [`PATIENCE`]) until `node` answers `want` for `host`.
+async fn eventually_serves(node: &Node, host: &str, want: &str) {
+    let started = Instant::now();
+    loop {
+        let answer = ask(node, host, "/").await;
+        if answer.status == 200 && answer.text == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "node {} still answers {} {:?}, not {want:?}; it logged:\n{}",
+            node.name,
+            answer.status,
+            answer.text,
+            node.output()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A control plane and nodes a, b, c, each with its own data directory under `dir`.
+fn platform(dir: &Path) -> (ControlPlane, Vec<Node>) {
+    let cp = ControlPlane::start(&dir.join("cp"));
+    let nodes = [("a", "eu-west"), ("b", "us-east"), ("c", "ap-south")]
+        .map(|(name, region)| Node::start(&cp, name, region, &dir.join(name)))
+        .into_iter()
+        .collect();
+    (cp, nodes)
+}
+
+/// Waits until `cp` sees every node in `nodes` connected.
+async fn all_connected(cp: &ControlPlane, nodes: &[&Node]) {
+    let started = Instant::now();
+    loop {
+        let status = ok(cp.tern(&["status"]));
+        if nodes
+            .iter()
+            .all(|n| status.lines().any(|l| l.starts_with(&format!("{:<16} ", n.name)) && l.contains(" connected ")))
+        {
+            return;
+        }
+        assert!(started.elapsed() < PATIENCE, "not every node connected:\n{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_deploy_is_live_on_every_node_when_tern_deploy_returns_and_updates_and_rollbacks_follow() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, nodes) = platform(dir.path());
+    all_connected(&cp, &nodes.iter().collect::<Vec<_>>()).await;
+    let shop = project("shop", "one", "\"shop.example.com/*\"");
+    let path = shop.path().to_str().unwrap();
+
+    let out = ok(cp.tern(&["deploy", path]));
+    assert!(out.contains("deployed shop version 1 ") && out.contains("live on 3 nodes in "), "{out}");
+    // `tern deploy` returned after every node acknowledged: no waiting here.
+    for node in &nodes {
+        let by_route = ask(node, "shop.example.com", "/cart").await;
+        assert_eq!((by_route.status, by_route.text.as_str()), (200, "one"), "node {}", node.name);
+        assert_eq!(ask(node, "shop.localhost", "/").await.text, "one");
+        assert_eq!(ask(node, "other.example.com", "/").await.status, 404, "no route, no fallback on a node");
+    }
+
+    set_body(&shop, "two");
+    let out = ok(cp.tern(&["deploy", path]));
+    assert!(out.contains("version 2 ") && out.contains("live on 3 nodes"), "{out}");
+    for node in &nodes {
+        assert_eq!(ask(node, "shop.example.com", "/").await.text, "two", "node {}", node.name);
+    }
+
+    let out = ok(cp.tern(&["rollback", "shop"]));
+    assert!(out.contains("now runs version 1 ") && out.contains("live on 3 nodes"), "{out}");
+    for node in &nodes {
+        assert_eq!(ask(node, "shop.example.com", "/").await.text, "one", "node {}", node.name);
+    }
+
+    let status = ok(cp.tern(&["status", "shop"]));
+    for node in &nodes {
+        let line = status.lines().find(|l| l.starts_with(&format!("{:<16} ", node.name))).expect(&status);
+        assert!(line.contains(" connected ") && line.ends_with("shop@1"), "{status}");
+    }
+    assert!(status.contains("live on 3 connected nodes in "), "{status}");
+}
+
+#[tokio::test]
+async fn a_node_that_was_down_during_a_deploy_catches_up_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, mut nodes) = platform(dir.path());
+    all_connected(&cp, &nodes.iter().collect::<Vec<_>>()).await;
+    let api = project("api", "v1", "");
+    ok(cp.tern(&["deploy", api.path().to_str().unwrap()]));
+
+    nodes[2].stop();
+    set_body(&api, "v2");
+    let out = ok(cp.tern(&["deploy", api.path().to_str().unwrap()]));
+    assert!(out.contains("live on 2 nodes") && out.contains("offline, will catch up when they reconnect: c"), "{out}");
+    assert_eq!(ask(&nodes[0], "api.localhost", "/").await.text, "v2");
+
+    nodes[2].restart();
+    eventually_serves(&nodes[2], "api.localhost", "v2").await;
+    all_connected(&cp, &nodes.iter().collect::<Vec<_>>()).await;
+    let status = ok(cp.tern(&["status"]));
+    assert!(status.contains("live on 3 connected nodes"), "{status}");
+}
+
+#[tokio::test]
+async fn nodes_keep_serving_with_the_control_plane_down_even_across_their_own_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cp, mut nodes) = platform(dir.path());
+    all_connected(&cp, &nodes.iter().collect::<Vec<_>>()).await;
+    let site = project("site", "kept", "");
+    ok(cp.tern(&["deploy", site.path().to_str().unwrap()]));
+
+    cp.stop();
+    for node in &nodes {
+        assert_eq!(ask(node, "site.localhost", "/").await.text, "kept", "node {}", node.name);
+    }
+    nodes[0].restart();
+    let answer = ask(&nodes[0], "site.localhost", "/").await;
+    assert_eq!((answer.status, answer.text.as_str()), (200, "kept"), "served from disk:\n{}", nodes[0].output());
+
+    // The control plane comes back: the nodes reconnect by themselves and follow again.
+    cp.restart();
+    all_connected(&cp, &nodes.iter().collect::<Vec<_>>()).await;
+    set_body(&site, "after");
+    let out = ok(cp.tern(&["deploy", site.path().to_str().unwrap()]));
+    assert!(out.contains("live on 3 nodes"), "{out}");
+    for node in &nodes {
+        assert_eq!(ask(node, "site.localhost", "/").await.text, "after", "node {}", node.name);
+    }
+}
+
+#[tokio::test]
+async fn a_corrupted_bundle_on_a_nodes_disk_is_never_served_and_is_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = ControlPlane::start(&dir.path().join("cp"));
+    let mut node = Node::start(&cp, "a", "eu-west", &dir.path().join("a"));
+    all_connected(&cp, &[&node]).await;
+    let f = project("f", "genuine", "");
+    ok(cp.tern(&["deploy", f.path().to_str().unwrap()]));
+    assert_eq!(ask(&node, "f.localhost", "/").await.text, "genuine");
+
+    cp.stop();
+    node.stop();
+    let bundles = dir.path().join("a/bundles");
+    let file = std::fs::read_dir(&bundles).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.windows(7).position(|w| w == b"genuine").expect("the code is in the bundle");
+    bytes[at..at + 7].copy_from_slice(b"hacked!");
+    std::fs::write(&file, bytes).unwrap();
+
+    node.restart();
+    let answer = ask(&node, "f.localhost", "/").await;
+    assert_eq!(answer.status, 404, "the tampered function is not served: {}", answer.text);
+    assert!(node.output().contains("does not match its id"), "the node says why:\n{}", node.output());
+
+    cp.restart();
+    eventually_serves(&node, "f.localhost", "genuine").await;
+}
+
+#[tokio::test]
+async fn a_bundle_signed_by_another_control_plane_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let mut node = Node::start(&cp, "a", "eu-west", &dir.path().join("a"));
+    // A second control plane, with its own signing key, and a node of its own.
+    let other = ControlPlane::start(&dir.path().join("other-cp"));
+    let mut foreign = Node::start(&other, "x", "eu-west", &dir.path().join("x"));
+    all_connected(&other, &[&foreign]).await;
+    let f = project("f", "foreign", "");
+    ok(other.tern(&["deploy", f.path().to_str().unwrap()]));
+    eventually_serves(&foreign, "f.localhost", "foreign").await;
+    foreign.stop();
+
+    // Node a is handed x's applied state and bundle, as a tampered disk would.
+    node.stop();
+    for entry in std::fs::read_dir(dir.path().join("x/bundles")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join("a/bundles").join(entry.file_name())).unwrap();
+    }
+    std::fs::copy(dir.path().join("x/state.json"), dir.path().join("a/state.json")).unwrap();
+    drop(cp);
+    node.restart();
+    let answer = ask(&node, "f.localhost", "/").await;
+    assert_eq!(answer.status, 404, "{}", answer.text);
+    assert!(node.output().contains("signature is not valid"), "the node says why:\n{}", node.output());
+}
+
+#[tokio::test]
+async fn a_node_with_a_wrong_join_token_is_refused_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let args: Vec<String> = [
+        "node",
+        "--control-plane",
+        &cp.url,
+        "--join-token",
+        "not-the-token",
+        "--name",
+        "intruder",
+        "--region",
+        "eu-west",
+        "--location",
+        "0,0",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        dir.path().join("n").to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut node = Node::spawn("intruder", args).expect("it serves (nothing) until the refusal");
+    assert!(!node.wait_exit().success());
+    let output = node.output();
+    assert!(output.contains("refused the enrolment (401)") && output.contains("token"), "{output}");
+    let status = ok(cp.tern(&["status"]));
+    assert!(!status.contains("intruder"), "{status}");
+}

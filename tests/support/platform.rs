@@ -1,0 +1,183 @@
+//! The platform's processes for tests: a `tern control-plane` with its data directory and
+//! `tern node`s enrolled with it, each the real binary on loopback, killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+
+use super::PATIENCE;
+
+/// A running `tern control-plane`.
+pub struct ControlPlane {
+    child: Child,
+    pub url: String,
+    pub token: String,
+    pub join_token: String,
+    data: PathBuf,
+    pub output: Arc<Mutex<String>>,
+}
+
+impl ControlPlane {
+    /// Starts on a free port.
+    pub fn start(data: &Path) -> Self {
+        Self::start_on(data, "127.0.0.1:0")
+    }
+
+    /// Starts on `listen` (to come back on the same address after a stop).
+    pub fn start_on(data: &Path, listen: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["--log-format", "json", "control-plane", "--listen", listen, "--data"])
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tern control-plane");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("a first line").unwrap();
+        let url = first.strip_prefix("tern control-plane: listening on ").expect(&first).to_string();
+        std::thread::spawn(move || lines.for_each(drop));
+        let output = capture(child.stderr.take().unwrap());
+        let read = |file: &str| std::fs::read_to_string(data.join(file)).unwrap().trim().to_string();
+        Self { child, url, token: read("admin-token"), join_token: read("join-token"), data: data.to_owned(), output }
+    }
+
+    /// Stops it (SIGKILL) and starts it again on the same address and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        let listen = self.url.strip_prefix("http://").unwrap().to_string();
+        *self = Self::start_on(&self.data.clone(), &listen);
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Runs `tern ARGS` against this control plane with the admin token.
+    pub fn tern(&self, args: &[&str]) -> Output {
+        self.tern_with_token(args, Some(&self.token))
+    }
+
+    pub fn tern_with_token(&self, args: &[&str], token: Option<&str>) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+        cmd.args(args).env("TERN_CONTROL_PLANE", &self.url).env_remove("TERN_TOKEN");
+        if let Some(token) = token {
+            cmd.env("TERN_TOKEN", token);
+        }
+        cmd.output().expect("run tern")
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running `tern node`.
+pub struct Node {
+    child: Child,
+    pub name: String,
+    /// `host:port` of its HTTP listener.
+    pub addr: String,
+    args: Vec<String>,
+    pub output: Arc<Mutex<String>>,
+}
+
+impl Node {
+    /// `tern node` named `name`, enrolling with `cp`'s join token, data under `data`.
+    pub fn start(cp: &ControlPlane, name: &str, region: &str, data: &Path) -> Self {
+        let args: Vec<String> = [
+            "--log-format",
+            "json",
+            "node",
+            "--control-plane",
+            &cp.url,
+            "--join-token",
+            &cp.join_token,
+            "--name",
+            name,
+            "--region",
+            region,
+            "--location",
+            "52.37,4.90",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec();
+        Self::spawn(name, args).unwrap_or_else(|output| panic!("tern node {name} did not start:\n{output}"))
+    }
+
+    /// Starts `tern node` with `args`; the error is what it printed when it did not come up.
+    pub fn spawn(name: &str, args: Vec<String>) -> Result<Self, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(&args)
+            .env("TERN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tern node");
+        let output = capture(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let prefix = format!("tern node {name}: serving on http://");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix(&prefix) {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(PATIENCE) {
+            Ok(addr) => Ok(Self { child, name: name.to_string(), addr, args, output }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(output.lock().unwrap().clone())
+            }
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops it (SIGKILL) and starts it again with the same arguments.
+    pub fn restart(&mut self) {
+        self.stop();
+        *self = Self::spawn(&self.name.clone(), self.args.clone()).expect("tern node restarts");
+    }
+
+    /// Waits for the node to exit; its exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Collects a child's stream into a shared string.
+fn capture(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let output = Arc::new(Mutex::new(String::new()));
+    let out = output.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            out.lock().unwrap().push_str(&format!("{line}\n"));
+        }
+    });
+    output
+}
