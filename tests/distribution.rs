@@ -253,3 +253,76 @@ async fn a_node_with_a_wrong_join_token_is_refused_and_says_why() {
     let status = ok(cp.tern(&["status"]));
     assert!(!status.contains("intruder"), "{status}");
 }
+
+#[tokio::test]
+async fn a_webassembly_function_deploys_through_the_control_plane_like_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let node = Node::start(&cp, "a", "eu-west", &dir.path().join("a"));
+    all_connected(&cp, &[&node]).await;
+    let wasm = wat::parse_file(repo_root().join("tests/wasi/fresh-memory.wat")).unwrap();
+    let p = Project::with_manifest("name = \"counter\"\nmain = \"app.wasm\"\n", &[]);
+    p.write("app.wasm", &wasm);
+    let out = ok(cp.tern(&["deploy", p.path().to_str().unwrap()]));
+    assert!(out.contains("live on 1 node in "), "{out}");
+    for _ in 0..3 {
+        let answer = ask(&node, "counter.localhost", "/").await;
+        assert_eq!((answer.status, answer.text.as_str()), (200, "2"), "a fresh instance per request");
+    }
+}
+
+/// GET on the node with Host `host` and one extra header.
+async fn ask_with(node: &Node, host: &str, header: (&str, &str)) -> String {
+    let request = http::Request::get(format!("http://{}/", node.addr)).header("host", host).header(header.0, header.1);
+    send(&http1(), request.body(empty()).unwrap()).await.text
+}
+
+#[tokio::test]
+async fn percentage_and_header_rollouts_split_requests_the_same_way_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, nodes) = platform(dir.path());
+    all_connected(&cp, &nodes.iter().collect::<Vec<_>>()).await;
+    let app = project("app", "old", "");
+    let path = app.path().to_str().unwrap();
+    ok(cp.tern(&["deploy", path]));
+    set_body(&app, "new");
+    ok(cp.tern(&["deploy", path]));
+
+    // 30% of users, keyed by the x-user header, get version 1 back as the candidate.
+    let out = ok(cp.tern(&["rollout", "app", "--version", "1", "--percent", "30", "--sticky-header", "x-user"]));
+    assert!(
+        out.contains("version 1 for 30% of clients, version 2 for the rest") && out.contains("live on 3 nodes"),
+        "{out}"
+    );
+    let mut candidates = 0;
+    for i in 0..60 {
+        let user = format!("user-{i}");
+        let expected = if tern_proto::rollout::bucket("app", &user) < 30 { "old" } else { "new" };
+        candidates += usize::from(expected == "old");
+        for node in &nodes {
+            assert_eq!(ask_with(node, "app.localhost", ("x-user", &user)).await, expected, "{user} on {}", node.name);
+        }
+    }
+    assert!((6..=30).contains(&candidates), "about 30% of 60 users: {candidates}");
+
+    // Header targeting alone: only requests that carry it see the candidate.
+    let out = ok(cp.tern(&["rollout", "app", "--version", "1", "--percent", "0", "--header", "x-canary=yes"]));
+    assert!(out.contains("0% of clients and requests with x-canary: yes"), "{out}");
+    for node in &nodes {
+        assert_eq!(ask_with(node, "app.localhost", ("x-canary", "yes")).await, "old");
+        assert_eq!(ask_with(node, "app.localhost", ("x-canary", "no")).await, "new");
+        assert_eq!(ask(node, "app.localhost", "/").await.text, "new");
+    }
+
+    // Ending it, and what is refused.
+    let out = ok(cp.tern(&["rollout", "app", "--percent", "0"]));
+    assert!(out.contains("runs version 2 for everyone"), "{out}");
+    for node in &nodes {
+        assert_eq!(ask_with(node, "app.localhost", ("x-canary", "yes")).await, "new");
+    }
+    let refused = cp.tern(&["rollout", "app", "--version", "2", "--percent", "10"]);
+    let e = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && e.contains("runs already"), "{e}");
+    let refused = cp.tern(&["rollout", "app", "--version", "1", "--percent", "101"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("percent must be 0 to 100"));
+}

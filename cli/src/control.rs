@@ -1,6 +1,6 @@
 //! The control plane's commands: `tern control-plane` (serve the API and the distribution
 //! endpoint) and the user's side, `tern deploy`, `tern versions`, `tern rollback`,
-//! `tern status`, which speak its HTTP/JSON API.
+//! `tern rollout`, `tern status`, which speak its HTTP/JSON API.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -192,8 +192,12 @@ pub async fn status(name: Option<&str>, credentials: &Credentials) -> anyhow::Re
     }
     println!("{:<24} {:<8} {:<14} {:<8}", "FUNCTION", "VERSION", "BUNDLE", "REVISION");
     for f in &functions {
+        let rollout = match f["rollout"]["version"].as_u64() {
+            Some(v) => format!("  rollout: version {v} for {}% of clients", f["rollout"]["rule"]["percent"]),
+            None => String::new(),
+        };
         println!(
-            "{:<24} {:<8} {:<14} {:<8}",
+            "{:<24} {:<8} {:<14} {:<8}{rollout}",
             f["function"].as_str().unwrap_or_default(),
             f["version"].to_string(),
             &f["bundle"].as_str().unwrap_or_default()[..12],
@@ -276,6 +280,49 @@ pub async fn rollback(
         &answer["bundle"].as_str().unwrap_or_default()[..12],
         answer["revision"]
     );
+    match (wait, answer["revision"].as_u64()) {
+        (Some(timeout), Some(revision)) => wait_until_live(credentials, revision, timeout).await,
+        _ => Ok(()),
+    }
+}
+
+pub struct Rollout {
+    pub version: Option<String>,
+    pub percent: u32,
+    pub header: Option<String>,
+    pub sticky_header: Option<String>,
+}
+
+/// `tern rollout NAME --version V --percent P [--header N=V] [--sticky-header N]`.
+pub async fn rollout(
+    name: &str,
+    rollout: Rollout,
+    wait: Option<Duration>,
+    credentials: &Credentials,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "version": rollout.version, "percent": rollout.percent,
+        "header": rollout.header, "sticky": rollout.sticky_header })
+    .to_string();
+    let answer =
+        call(credentials, http::Method::POST, &format!("/v1/functions/{name}/rollout"), &[], body.into()).await?;
+    let candidate = &answer["rollout"];
+    if candidate.is_null() {
+        println!("{name} runs version {} for everyone (revision {})", answer["stable"], answer["revision"]);
+    } else {
+        let rule = &candidate["rule"];
+        let mut who = format!("{}% of clients", rule["percent"]);
+        if let Some(header) = rule["header"].as_array() {
+            who += &format!(
+                " and requests with {}: {}",
+                header[0].as_str().unwrap_or_default(),
+                header[1].as_str().unwrap_or_default()
+            );
+        }
+        println!(
+            "{name}: version {} for {who}, version {} for the rest (revision {})",
+            candidate["version"], answer["stable"], answer["revision"]
+        );
+    }
     match (wait, answer["revision"].as_u64()) {
         (Some(timeout), Some(revision)) => wait_until_live(credentials, revision, timeout).await,
         _ => Ok(()),

@@ -1,5 +1,6 @@
 //! `tern`: one binary for every role of the platform. Today: `tern dev`, `tern control-plane`
-//! with its user commands (`tern deploy`, `tern versions`, `tern rollback`, `tern status`),
+//! with its user commands (`tern deploy`, `tern versions`, `tern rollback`, `tern rollout`,
+//! `tern status`),
 //! `tern node`, and the internal
 //! roles it starts: `tern serve` (a server process) and `tern isolate-host` (isolates in a
 //! process of their own).
@@ -180,6 +181,27 @@ enum Command {
         /// A version number, or the first digits (6 or more) of its bundle id.
         #[arg(long)]
         to: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        credentials: control::Credentials,
+    },
+    /// Send some requests to another version of a function: a percentage of clients
+    /// (sticky), and/or requests with a header. `--percent 0` without `--header` ends it.
+    Rollout {
+        name: String,
+        /// The candidate: a version number, or the first digits (6 or more) of its bundle id.
+        #[arg(long)]
+        version: Option<String>,
+        /// Share of clients, 0 to 100, that get the candidate.
+        #[arg(long)]
+        percent: u32,
+        /// `NAME=VALUE`: requests with this header get the candidate whatever the percentage.
+        #[arg(long)]
+        header: Option<String>,
+        /// Key stickiness on this request header's value instead of the client's address.
+        #[arg(long)]
+        sticky_header: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
         #[command(flatten)]
@@ -379,6 +401,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }))
         }
         Command::Deploy { path, wait, credentials } => rt.block_on(control::deploy(&path, wait.limit(), &credentials)),
+        Command::Rollout { name, version, percent, header, sticky_header, wait, credentials } => {
+            let rollout = control::Rollout { version, percent, header, sticky_header };
+            rt.block_on(control::rollout(&name, rollout, wait.limit(), &credentials))
+        }
         Command::Status { name, credentials } => rt.block_on(control::status(name.as_deref(), &credentials)),
         Command::Versions { name, credentials } => rt.block_on(control::versions(&name, &credentials)),
         Command::Rollback { name, to, wait, credentials } => {

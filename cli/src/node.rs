@@ -50,9 +50,9 @@ pub async fn run(options: NodeOptions) -> anyhow::Result<()> {
         listen: options.advertise.clone().unwrap_or_else(|| addr.to_string()),
     };
     let serving_node = node.clone();
-    let apply: Apply = Arc::new(move |bundles| {
+    let apply: Apply = Arc::new(move |functions| {
         let node = serving_node.clone();
-        Box::pin(async move { node.set_routes(RouteTable::new(bundles, None)).await })
+        Box::pin(async move { node.set_routes(RouteTable::serving(functions, None)).await })
     });
     let config = AgentConfig { control_plane: options.control_plane, join_token: options.join_token, node: info, data };
     let (restored_tx, restored) = tokio::sync::oneshot::channel();

@@ -7,6 +7,7 @@
 //! | `GET /v1/functions` | what every function runs |
 //! | `GET /v1/functions/{name}/versions` | every version, oldest first, and the active one |
 //! | `POST /v1/functions/{name}/rollback` | body `{"to": "3"}` or `{}`: makes an older version active |
+//! | `POST /v1/functions/{name}/rollout` | body `{"version": "3", "percent": 20, "header": "x-canary=1", "sticky": "x-user"}`: sends some requests to a candidate version; `percent` 0 with no `header` ends it |
 //! | `GET /v1/signing-key` | the Ed25519 public key bundles are signed with (hex) |
 //! | `POST /v1/nodes` | with the join token (or the admin token): enrols a node, body `{"node": {name, region, location, listen}, "csr": PEM}`; answers its certificate, the CA certificate and the signing key |
 //! | `GET /v1/status` | every function's active version, every node's applied revision, and how far the latest revision has spread |
@@ -29,6 +30,7 @@ use tern_proto::{Bundle, BundleId};
 use tokio::net::TcpListener;
 
 use tern_proto::distribution::NodeInfo;
+use tern_proto::rollout::RolloutRule;
 use tokio::sync::watch;
 
 use crate::ca::Authority;
@@ -78,6 +80,8 @@ impl From<DeployError> for ApiError {
             DeployError::NothingToRollBackTo(_) | DeployError::Ambiguous { .. } => {
                 (StatusCode::CONFLICT, "no_rollback_target")
             }
+            DeployError::CandidateIsActive { .. } => (StatusCode::CONFLICT, "rollout_conflict"),
+            DeployError::NoCandidate(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         };
         Self::new(status, code, e.to_string())
     }
@@ -177,6 +181,11 @@ impl<S: Store> ControlPlane<S> {
             (Method::GET, ["v1", "functions"]) => Ok((StatusCode::OK, json!({ "functions": self.store.active()? }))),
             (Method::GET, ["v1", "functions", name, "versions"]) => self.versions(name),
             (Method::GET, ["v1", "status"]) => self.status(),
+            (Method::POST, ["v1", "functions", name, "rollout"]) => {
+                let name = name.to_string();
+                let body = read_body(req, 64 * 1024).await?;
+                self.rollout(&name, &body)
+            }
             (Method::GET, ["v1", "revisions", revision]) => {
                 let revision = revision
                     .parse()
@@ -287,6 +296,7 @@ impl<S: Store> ControlPlane<S> {
             signature: version.signature.clone(),
             revision: 0,
             routes: routes.clone(),
+            rollout: None,
         };
         let function = version.function.clone();
         let check = move |current: &[Active]| -> Result<(), ApiError> {
@@ -295,6 +305,36 @@ impl<S: Store> ControlPlane<S> {
         let revision = self.store.commit(Commit { new_version: new, active, at_ms: now_ms() }, &check)?;
         self.revision.send_replace(revision);
         Ok(revision)
+    }
+
+    fn rollout(&self, name: &str, body: &[u8]) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Request {
+            version: Option<serde_json::Value>,
+            percent: u32,
+            header: Option<String>,
+            sticky: Option<String>,
+        }
+        let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message);
+        let request: Request = serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))?;
+        let rule = RolloutRule::new(request.percent, request.header.as_deref(), request.sticky.as_deref())
+            .map_err(|e| bad(e.to_string()))?;
+        let wanted = request.version.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+        let versions = self.store.versions(name)?;
+        let active = self
+            .store
+            .active()?
+            .into_iter()
+            .find(|a| a.function == name)
+            .ok_or_else(|| DeployError::UnknownFunction(name.into()))?;
+        let candidate = deploy::rollout_candidate(name, &versions, &active, wanted.as_deref(), rule)?;
+        let stable = active.version;
+        let active = Active { rollout: candidate.clone(), revision: 0, ..active };
+        let revision =
+            self.store.commit(Commit { new_version: None, active, at_ms: now_ms() }, &|_| Ok::<_, ApiError>(()))?;
+        self.revision.send_replace(revision);
+        tracing::info!(function = name, stable, candidate = ?candidate.as_ref().map(|c| c.version), revision, "rollout");
+        Ok((StatusCode::OK, json!({ "function": name, "stable": stable, "rollout": candidate, "revision": revision })))
     }
 
     async fn enroll(&self, req: Request<Incoming>) -> Result<(StatusCode, serde_json::Value), ApiError> {

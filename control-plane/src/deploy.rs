@@ -1,6 +1,8 @@
 //! The decisions behind deploys and rollbacks, as pure functions over the store's records:
-//! the next version number, route conflicts between functions, and which version a
-//! rollback goes to. No I/O: the API runs these inside the store's transaction.
+//! the next version number, route conflicts between functions, which version a rollback
+//! goes to, and what a rollout sets. No I/O: the API runs these inside the store's transaction.
+
+use tern_proto::rollout::{Candidate, RolloutRule};
 
 use crate::store::{Active, Version};
 
@@ -19,6 +21,38 @@ pub enum DeployError {
     NothingToRollBackTo(String),
     #[error("{wanted:?} names more than one version of function {function:?}: give more digits")]
     Ambiguous { function: String, wanted: String },
+    #[error(
+        "version {version} is what function {function:?} runs already: a rollout needs another version as candidate \
+         (to switch everyone, deploy it or `tern rollback --to`)"
+    )]
+    CandidateIsActive { function: String, version: u32 },
+    #[error("function {0:?}: a rollout needs --version, unless it ends one (--percent 0 and no --header)")]
+    NoCandidate(String),
+}
+
+/// The candidate a rollout of `function` sets, or `None` when `rule` sends no one to it
+/// (0 percent, no header): that ends the rollout.
+pub fn rollout_candidate(
+    function: &str,
+    versions: &[Version],
+    active: &Active,
+    wanted: Option<&str>,
+    rule: RolloutRule,
+) -> Result<Option<Candidate>, DeployError> {
+    if rule.percent == 0 && rule.header.is_none() {
+        return Ok(None);
+    }
+    let wanted = wanted.ok_or_else(|| DeployError::NoCandidate(function.into()))?;
+    let target = rollback_target(function, versions, Some(active), Some(wanted))?;
+    if target.number == active.version {
+        return Err(DeployError::CandidateIsActive { function: function.into(), version: target.number });
+    }
+    Ok(Some(Candidate {
+        version: target.number,
+        bundle: target.bundle.clone(),
+        signature: target.signature.clone(),
+        rule,
+    }))
 }
 
 /// The number the next version of a function gets.
@@ -90,7 +124,32 @@ mod tests {
             signature: String::new(),
             revision: 1,
             routes: routes.iter().map(|r| r.to_string()).collect(),
+            rollout: None,
         }
+    }
+
+    #[test]
+    fn a_rollout_needs_another_version_and_zero_percent_ends_it() {
+        let versions = [version(1, "aaaaaaaa"), version(2, "bbbbbbbb")];
+        let current = Active { function: "f".into(), version: 2, ..active("f", 2, &[]) };
+        let rule = |p| RolloutRule::new(p, None, None).unwrap();
+        let c = rollout_candidate("f", &versions, &current, Some("1"), rule(10)).unwrap().unwrap();
+        assert_eq!((c.version, c.bundle.as_str(), c.rule.percent), (1, "aaaaaaaa", 10));
+        assert_eq!(rollout_candidate("f", &versions, &current, None, rule(0)), Ok(None));
+        assert!(matches!(
+            rollout_candidate("f", &versions, &current, Some("2"), rule(10)),
+            Err(DeployError::CandidateIsActive { version: 2, .. })
+        ));
+        assert!(matches!(
+            rollout_candidate("f", &versions, &current, None, rule(10)),
+            Err(DeployError::NoCandidate(_))
+        ));
+        assert!(matches!(
+            rollout_candidate("f", &versions, &current, Some("9"), rule(10)),
+            Err(DeployError::NoSuchVersion { .. })
+        ));
+        let by_header = RolloutRule::new(0, Some("x-canary=1"), None).unwrap();
+        assert!(rollout_candidate("f", &versions, &current, Some("1"), by_header).unwrap().is_some());
     }
 
     #[test]

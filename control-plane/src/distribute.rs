@@ -160,6 +160,7 @@ fn assignment(active: &Active) -> Assignment {
         bundle: active.bundle.clone(),
         signature: active.signature.clone(),
         revision: active.revision,
+        rollout: active.rollout.clone(),
     }
 }
 

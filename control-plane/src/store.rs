@@ -61,6 +61,9 @@ pub struct Active {
     pub revision: u64,
     /// The route patterns its manifest claims.
     pub routes: Vec<String>,
+    /// A rollout to a candidate version, if one is under way.
+    #[serde(default)]
+    pub rollout: Option<tern_proto::rollout::Candidate>,
 }
 
 /// One entry of the log nodes follow: at `revision`, `function` started running `active`.
@@ -278,6 +281,7 @@ mod tests {
             signature: v.signature.clone(),
             revision: 0,
             routes: vec![],
+            rollout: None,
         };
         store.commit(Commit { new_version: new.then(|| v.clone()), active, at_ms: 2 }, &|_| Ok(()))
     }
@@ -319,6 +323,7 @@ mod tests {
             signature: String::new(),
             revision: 0,
             routes: vec![],
+            rollout: None,
         };
         let refused = store.commit(Commit { new_version: Some(v), active, at_ms: 3 }, &|current: &[Active]| {
             assert_eq!(current.len(), 1);

@@ -14,9 +14,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_proto::Bundle;
-use tern_proto::VerifyingKey;
-use tern_proto::distribution::{AppliedState, BundleAnswer, NodeInfo, NodeMessage, SERVER_NAME, Update};
+use tern_proto::distribution::{AppliedState, Assignment, BundleAnswer, NodeInfo, NodeMessage, SERVER_NAME, Update};
+use tern_proto::rollout::Serving;
+use tern_proto::{Bundle, VerifyingKey};
 
 use crate::framing::{StreamError, read_frame, write_frame};
 use crate::identity::{Identity, IdentityError};
@@ -38,7 +38,7 @@ pub struct AgentConfig {
 
 /// What the node does with a verified state: serve exactly these functions, returning once
 /// they are ready.
-pub type Apply = Arc<dyn Fn(Vec<Arc<Bundle>>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+pub type Apply = Arc<dyn Fn(Vec<Serving>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -131,7 +131,7 @@ impl Agent {
         tracing::info!(revision = state.revision, functions = state.functions.len(), "serving the kept state");
         self.state = state;
         self.bundles = bundles;
-        (self.apply)(self.bundles.values().cloned().collect()).await;
+        (self.apply)(serving(&self.state, &self.bundles)).await;
     }
 
     async fn session(&mut self, config: &AgentConfig, identity: &Identity) -> Result<(), SessionError> {
@@ -172,7 +172,8 @@ impl Agent {
     ) -> Result<(), String> {
         let next = self.state.with(update);
         let mut bundles = HashMap::new();
-        for assignment in next.functions.values() {
+        for assignment in next.functions.values().flat_map(Assignment::parts) {
+            let assignment = &assignment;
             if let Some(bundle) = self.bundles.get(&assignment.bundle) {
                 bundles.insert(assignment.bundle.clone(), bundle.clone());
                 continue;
@@ -189,13 +190,26 @@ impl Agent {
             bundles.insert(assignment.bundle.clone(), Arc::new(bundle));
         }
         self.local.save(&next).map_err(|e| format!("keeping the state: {e}"))?;
-        (self.apply)(bundles.values().cloned().collect()).await;
+        (self.apply)(serving(&next, &bundles)).await;
         tracing::info!(revision = next.revision, functions = next.functions.len(), "applied");
         self.state = next;
         self.bundles = bundles;
         self.local.prune(&self.state);
         Ok(())
     }
+}
+
+/// What `state` serves, from its verified `bundles` (by id).
+fn serving(state: &AppliedState, bundles: &HashMap<String, Arc<Bundle>>) -> Vec<Serving> {
+    state
+        .functions
+        .values()
+        .filter_map(|a| {
+            let stable = bundles.get(&a.bundle)?.clone();
+            let candidate = a.rollout.as_ref().and_then(|c| Some((bundles.get(&c.bundle)?.clone(), c.rule.clone())));
+            Some(Serving { stable, candidate })
+        })
+        .collect()
 }
 
 /// A bundle's wire bytes from the control plane.

@@ -57,14 +57,14 @@ impl LocalState {
         };
         let mut bundles = HashMap::new();
         let mut lost = Vec::new();
-        for assignment in state.functions.values() {
-            match self.bundle(assignment, key) {
+        for part in state.functions.values().flat_map(Assignment::parts) {
+            match self.bundle(&part, key) {
                 Ok(bundle) => {
-                    bundles.insert(assignment.bundle.clone(), Arc::new(bundle));
+                    bundles.insert(part.bundle.clone(), Arc::new(bundle));
                 }
                 Err(e) => {
                     tracing::error!("kept state: {e}; asking the control plane again");
-                    lost.push(assignment.function.clone());
+                    lost.push(part.function.clone());
                 }
             }
         }
@@ -102,7 +102,7 @@ impl LocalState {
         let Ok(entries) = std::fs::read_dir(self.dir.join("bundles")) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !state.functions.values().any(|a| a.bundle == name) {
+            if !state.functions.values().flat_map(Assignment::parts).any(|a| a.bundle == name) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }

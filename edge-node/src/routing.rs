@@ -2,39 +2,49 @@
 //!
 //! In order: the first `routes` pattern that matches (most specific first), then
 //! `NAME.localhost` naming a function, then the fallback function (`tern dev` serves its
-//! project whatever the Host). A [`RouteTable`] is immutable; the node swaps whole tables.
+//! project whatever the Host). A function found is a [`Serving`]: its stable bundle and,
+//! during a rollout, a candidate that [`Serving::pick`] chooses per request; routes are the
+//! stable version's. A [`RouteTable`] is immutable; the node swaps whole tables.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use tern_proto::rollout::Serving;
 use tern_proto::{Bundle, RoutePattern};
 
 #[derive(Default)]
 pub struct RouteTable {
-    by_name: HashMap<String, Arc<Bundle>>,
-    routes: Vec<(RoutePattern, Arc<Bundle>)>,
-    fallback: Option<Arc<Bundle>>,
+    by_name: HashMap<String, Arc<Serving>>,
+    routes: Vec<(RoutePattern, Arc<Serving>)>,
+    fallback: Option<Arc<Serving>>,
 }
 
 impl RouteTable {
-    /// A table over `functions`; `fallback` names the function that answers any host.
+    /// A table over `functions` (no rollouts); `fallback` names the function that answers
+    /// any host.
     pub fn new(functions: impl IntoIterator<Item = Arc<Bundle>>, fallback: Option<&str>) -> Self {
+        Self::serving(functions.into_iter().map(Serving::from), fallback)
+    }
+
+    /// A table over functions that may be in a rollout.
+    pub fn serving(functions: impl IntoIterator<Item = Serving>, fallback: Option<&str>) -> Self {
         let mut table = Self::default();
-        for bundle in functions {
-            for route in &bundle.manifest.routes {
-                table.routes.push((route.clone(), bundle.clone()));
+        for serving in functions {
+            let serving = Arc::new(serving);
+            for route in &serving.stable.manifest.routes {
+                table.routes.push((route.clone(), serving.clone()));
             }
-            if fallback == Some(bundle.name()) {
-                table.fallback = Some(bundle.clone());
+            if fallback == Some(serving.stable.name()) {
+                table.fallback = Some(serving.clone());
             }
-            table.by_name.insert(bundle.name().to_string(), bundle);
+            table.by_name.insert(serving.stable.name().to_string(), serving);
         }
         table.routes.sort_by_key(|(route, _)| std::cmp::Reverse(route.specificity()));
         table
     }
 
     /// The function for `host` (lower case, without port) and `path`.
-    pub fn resolve(&self, host: &str, path: &str) -> Option<&Arc<Bundle>> {
+    pub fn resolve(&self, host: &str, path: &str) -> Option<&Arc<Serving>> {
         if let Some((_, bundle)) = self.routes.iter().find(|(r, _)| r.matches(host, path)) {
             return Some(bundle);
         }
@@ -46,8 +56,9 @@ impl RouteTable {
         self.fallback.as_ref()
     }
 
+    /// Every bundle the table serves: stable versions and rollout candidates.
     pub fn functions(&self) -> impl Iterator<Item = &Arc<Bundle>> {
-        self.by_name.values()
+        self.by_name.values().flat_map(|s| std::iter::once(&s.stable).chain(s.candidate.as_ref().map(|(b, _)| b)))
     }
 }
 
@@ -79,10 +90,10 @@ mod tests {
             [bundle("api", "\"api.example.com/v1/*\""), bundle("www", "\"*.example.com/*\""), bundle("dev", "")],
             Some("dev"),
         );
-        assert_eq!(table.resolve("api.example.com", "/v1/x").unwrap().name(), "api");
-        assert_eq!(table.resolve("api.example.com", "/v2/x").unwrap().name(), "www");
-        assert_eq!(table.resolve("api.localhost", "/").unwrap().name(), "api");
-        assert_eq!(table.resolve("other.test", "/").unwrap().name(), "dev");
+        assert_eq!(table.resolve("api.example.com", "/v1/x").unwrap().stable.name(), "api");
+        assert_eq!(table.resolve("api.example.com", "/v2/x").unwrap().stable.name(), "www");
+        assert_eq!(table.resolve("api.localhost", "/").unwrap().stable.name(), "api");
+        assert_eq!(table.resolve("other.test", "/").unwrap().stable.name(), "dev");
     }
 
     #[test]

@@ -149,9 +149,11 @@ async fn exchange(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr, i
         .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
         .unwrap_or_default();
     let host = normalize_host(&authority);
-    let Some(bundle) = node.routes().resolve(&host, req.uri().path()).cloned() else {
+    let Some(serving) = node.routes().resolve(&host, req.uri().path()).cloned() else {
         return error(node, NodeError::NoRoute { host });
     };
+    let client_ip = remote.ip().to_canonical().to_string();
+    let bundle = serving.pick(|name| req.headers().get(name).and_then(|v| v.to_str().ok()), &client_ip).clone();
     let authority = if authority.is_empty() { node.local_authority() } else { authority };
     let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let url = format!("http://{authority}{path_and_query}");
@@ -172,7 +174,7 @@ async fn exchange(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr, i
     }
     // Who is asking, as Workers tell it; a client's own value is never trusted.
     let mut req = req;
-    let client = http::HeaderValue::try_from(remote.ip().to_canonical().to_string()).expect("an IP is a header value");
+    let client = http::HeaderValue::try_from(client_ip).expect("an IP is a header value");
     req.headers_mut().insert(CONNECTING_IP, client);
     let deadline = tokio::time::Instant::now() + limits.wall_per_request;
     let (reply, answer) = oneshot::channel();

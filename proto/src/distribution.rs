@@ -37,6 +37,25 @@ pub struct Assignment {
     pub signature: String,
     /// The revision that assigned it.
     pub revision: u64,
+    /// During a rollout: the candidate version and who gets it.
+    #[serde(default)]
+    pub rollout: Option<crate::rollout::Candidate>,
+}
+
+impl Assignment {
+    /// The bundles the assignment needs, each as an assignment of its own (function,
+    /// bundle, signature): the stable version, and the rollout's candidate if any.
+    pub fn parts(&self) -> Vec<Assignment> {
+        let stable = Assignment { rollout: None, ..self.clone() };
+        let candidate = self.rollout.as_ref().map(|c| Assignment {
+            version: c.version,
+            bundle: c.bundle.clone(),
+            signature: c.signature.clone(),
+            rollout: None,
+            ..self.clone()
+        });
+        std::iter::once(stable).chain(candidate).collect()
+    }
 }
 
 /// Where a node is and how to reach it.
@@ -156,6 +175,7 @@ mod tests {
             bundle: format!("{version:064}"),
             signature: "00".repeat(64),
             revision,
+            rollout: None,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod distribution;
 pub mod limits;
 pub mod manifest;
+pub mod rollout;
 pub mod route;
 pub mod signature;
 
