@@ -139,6 +139,7 @@ mod tests {
             bundle: bundle.id().to_string(),
             signature: key.sign(bundle.id()).to_string(),
             revision: 1,
+            rollout: None,
         }
     }
 
