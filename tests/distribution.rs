@@ -326,3 +326,55 @@ async fn percentage_and_header_rollouts_split_requests_the_same_way_on_every_nod
     let refused = cp.tern(&["rollout", "app", "--version", "1", "--percent", "101"]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("percent must be 0 to 100"));
 }
+
+#[tokio::test]
+async fn secrets_reach_the_function_as_env_and_nowhere_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let node = Node::start(&cp, "a", "eu-west", &dir.path().join("a"));
+    all_connected(&cp, &[&node]).await;
+    let p = Project::with_manifest(
+        "name = \"vault\"\nmain = \"index.js\"\n[vars]\nGREETING = \"hello\"\n",
+        &[("index.js", "export default { fetch(r, env) { return new Response(`${env.GREETING} ${env.API_KEY}`); } };")],
+    );
+    ok(cp.tern(&["deploy", p.path().to_str().unwrap()]));
+    assert_eq!(ask(&node, "vault.localhost", "/").await.text, "hello undefined");
+
+    let put = |value: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["secret", "put", "vault", "API_KEY"])
+            .env("TERN_CONTROL_PLANE", &cp.url)
+            .env("TERN_TOKEN", &cp.token)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{value}\n").as_bytes()).unwrap();
+        ok(child.wait_with_output().unwrap())
+    };
+    let out = put("s3cr3t-value-one");
+    assert!(out.contains("secret API_KEY set for vault") && out.contains("live on 1 node"), "{out}");
+    assert_eq!(ask(&node, "vault.localhost", "/").await.text, "hello s3cr3t-value-one");
+    put("s3cr3t-value-two");
+    assert_eq!(ask(&node, "vault.localhost", "/").await.text, "hello s3cr3t-value-two");
+
+    assert_eq!(ok(cp.tern(&["secret", "list", "vault"])).trim(), "API_KEY");
+    for listing in [
+        ok(cp.tern(&["status"])),
+        ok(cp.tern(&["versions", "vault"])),
+        cp.output.lock().unwrap().clone(),
+        node.output(),
+    ] {
+        assert!(!listing.contains("s3cr3t"), "a secret leaked:\n{listing}");
+    }
+    let store = std::fs::read(dir.path().join("cp/state.redb")).unwrap();
+    assert!(!store.windows(6).any(|w| w == b"s3cr3t"), "the store holds secrets sealed, not in the clear");
+    let refused = cp.tern(&["secret", "list", "nope"]);
+    assert!(refused.status.success(), "an unknown function simply has none");
+    let mut bad = std::process::Command::new(env!("CARGO_BIN_EXE_tern"));
+    let bad =
+        bad.args(["secret", "put", "vault", "1BAD"]).env("TERN_CONTROL_PLANE", &cp.url).env("TERN_TOKEN", &cp.token);
+    let out = bad.stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("secret name \"1BAD\""), "{out:?}");
+}

@@ -50,7 +50,8 @@ pub async fn serve(listen: SocketAddr, data: &Path) -> anyhow::Result<()> {
     println!("tern control-plane: distribution (QUIC) on udp {addr}");
     println!("tern control-plane: admin token in {}", secrets.admin_token_path.display());
     println!("tern control-plane: join token in {}", secrets.join_token_path.display());
-    let plane = Arc::new(ControlPlane::new(store, secrets, authority)?);
+    let vault = tern_control_plane::vault::Vault::open(data)?;
+    let plane = Arc::new(ControlPlane::new(store, secrets, authority, vault)?);
     tokio::spawn(tern_control_plane::distribute::serve(plane.clone(), endpoint));
     tokio::select! {
         () = plane.serve(listener) => Ok(()),
@@ -284,6 +285,33 @@ pub async fn rollback(
         (Some(timeout), Some(revision)) => wait_until_live(credentials, revision, timeout).await,
         _ => Ok(()),
     }
+}
+
+/// `tern secret put FUNCTION NAME`: the value from standard input (one trailing newline
+/// dropped, so `echo` works).
+pub async fn secret_put(function: &str, name: &str, credentials: &Credentials) -> anyhow::Result<()> {
+    let mut value = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut value).context("reading the value from standard input")?;
+    if value.ends_with(b"\n") {
+        value.pop();
+        if value.ends_with(b"\r") {
+            value.pop();
+        }
+    }
+    let path = format!("/v1/functions/{function}/secrets/{name}");
+    let answer = call(credentials, http::Method::PUT, &path, &[], value.into()).await?;
+    println!("secret {name} set for {function} (revision {})", answer["revision"]);
+    wait_until_live(credentials, answer["revision"].as_u64().unwrap_or_default(), Duration::from_secs(30)).await
+}
+
+/// `tern secret list FUNCTION`: names only.
+pub async fn secret_list(function: &str, credentials: &Credentials) -> anyhow::Result<()> {
+    let answer =
+        call(credentials, http::Method::GET, &format!("/v1/functions/{function}/secrets"), &[], Bytes::new()).await?;
+    for name in answer["secrets"].as_array().into_iter().flatten() {
+        println!("{}", name.as_str().unwrap_or_default());
+    }
+    Ok(())
 }
 
 pub struct Rollout {

@@ -207,6 +207,11 @@ enum Command {
         #[command(flatten)]
         credentials: control::Credentials,
     },
+    /// A function's secrets: sealed at rest, reaching the function as `env.NAME`.
+    Secret {
+        #[command(subcommand)]
+        action: SecretAction,
+    },
     /// Internal: run isolates for the node connected on standard input.
     #[command(hide = true)]
     IsolateHost {
@@ -218,6 +223,23 @@ enum Command {
         allow_loopback: bool,
         #[arg(long = "ca-cert", value_name = "FILE")]
         ca_certs: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretAction {
+    /// Set a secret; the value is read from standard input.
+    Put {
+        function: String,
+        name: String,
+        #[command(flatten)]
+        credentials: control::Credentials,
+    },
+    /// List a function's secret names (never values).
+    List {
+        function: String,
+        #[command(flatten)]
+        credentials: control::Credentials,
     },
 }
 
@@ -404,6 +426,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollout { name, version, percent, header, sticky_header, wait, credentials } => {
             let rollout = control::Rollout { version, percent, header, sticky_header };
             rt.block_on(control::rollout(&name, rollout, wait.limit(), &credentials))
+        }
+        Command::Secret { action: SecretAction::Put { function, name, credentials } } => {
+            rt.block_on(control::secret_put(&function, &name, &credentials))
+        }
+        Command::Secret { action: SecretAction::List { function, credentials } } => {
+            rt.block_on(control::secret_list(&function, &credentials))
         }
         Command::Status { name, credentials } => rt.block_on(control::status(name.as_deref(), &credentials)),
         Command::Versions { name, credentials } => rt.block_on(control::versions(&name, &credentials)),

@@ -7,6 +7,8 @@
 //! | `GET /v1/functions` | what every function runs |
 //! | `GET /v1/functions/{name}/versions` | every version, oldest first, and the active one |
 //! | `POST /v1/functions/{name}/rollback` | body `{"to": "3"}` or `{}`: makes an older version active |
+//! | `PUT /v1/functions/{name}/secrets/{KEY}` | body: the value (UTF-8, at most 5 KiB); sealed at rest, reaches the function as `env.KEY` |
+//! | `GET /v1/functions/{name}/secrets` | the names of its secrets (never values) |
 //! | `POST /v1/functions/{name}/rollout` | body `{"version": "3", "percent": 20, "header": "x-canary=1", "sticky": "x-user"}`: sends some requests to a candidate version; `percent` 0 with no `header` ends it |
 //! | `GET /v1/signing-key` | the Ed25519 public key bundles are signed with (hex) |
 //! | `POST /v1/nodes` | with the join token (or the admin token): enrols a node, body `{"node": {name, region, location, listen}, "csr": PEM}`; answers its certificate, the CA certificate and the signing key |
@@ -38,6 +40,7 @@ use crate::deploy::{self, DeployError};
 use crate::fleet::{Fleet, progress};
 use crate::keys::Secrets;
 use crate::store::{Active, Commit, NodeRecord, Store, StoreError, Version};
+use crate::vault::{Vault, check_secret};
 
 /// Largest bundle a deploy may upload.
 pub const MAX_BUNDLE_BYTES: usize = 64 << 20;
@@ -46,6 +49,7 @@ pub struct ControlPlane<S> {
     store: S,
     secrets: Secrets,
     authority: Authority,
+    vault: Vault,
     fleet: Fleet,
     /// The latest committed revision, watched by every node's subscription.
     revision: watch::Sender<u64>,
@@ -99,9 +103,24 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Full<
 }
 
 impl<S: Store> ControlPlane<S> {
-    pub fn new(store: S, secrets: Secrets, authority: Authority) -> Result<Self, StoreError> {
+    pub fn new(store: S, secrets: Secrets, authority: Authority, vault: Vault) -> Result<Self, StoreError> {
         let (revision, _) = watch::channel(store.revision()?);
-        Ok(Self { store, secrets, authority, fleet: Fleet::default(), revision })
+        Ok(Self { store, secrets, authority, vault, fleet: Fleet::default(), revision })
+    }
+
+    /// The opened secrets of `function`, for its nodes; a value that cannot be opened is
+    /// left out and logged.
+    pub fn open_secrets(&self, function: &str) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let mut out = std::collections::BTreeMap::new();
+        for (name, sealed) in self.store.secrets(function)? {
+            match self.vault.unseal(&format!("{function}/{name}"), &sealed) {
+                Ok(value) => {
+                    out.insert(name, String::from_utf8_lossy(&value).into_owned());
+                }
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        Ok(out)
     }
 
     pub fn store(&self) -> &S {
@@ -181,6 +200,15 @@ impl<S: Store> ControlPlane<S> {
             (Method::GET, ["v1", "functions"]) => Ok((StatusCode::OK, json!({ "functions": self.store.active()? }))),
             (Method::GET, ["v1", "functions", name, "versions"]) => self.versions(name),
             (Method::GET, ["v1", "status"]) => self.status(),
+            (Method::PUT, ["v1", "functions", name, "secrets", key]) => {
+                let (name, key) = (name.to_string(), key.to_string());
+                let body = read_body(req, 64 * 1024).await?;
+                self.put_secret(&name, &key, &body)
+            }
+            (Method::GET, ["v1", "functions", name, "secrets"]) => {
+                let names: Vec<String> = self.store.secrets(name)?.into_iter().map(|(n, _)| n).collect();
+                Ok((StatusCode::OK, json!({ "function": name, "secrets": names })))
+            }
             (Method::POST, ["v1", "functions", name, "rollout"]) => {
                 let name = name.to_string();
                 let body = read_body(req, 64 * 1024).await?;
@@ -302,9 +330,37 @@ impl<S: Store> ControlPlane<S> {
         let check = move |current: &[Active]| -> Result<(), ApiError> {
             deploy::check_routes(&function, &routes, current).map_err(ApiError::from)
         };
-        let revision = self.store.commit(Commit { new_version: new, active, at_ms: now_ms() }, &check)?;
+        let revision = self.store.commit(Commit { new_version: new, active, at_ms: now_ms(), secret: None }, &check)?;
         self.revision.send_replace(revision);
         Ok(revision)
+    }
+
+    /// Seals and stores a secret, and makes a revision so that nodes get it.
+    fn put_secret(
+        &self,
+        function: &str,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        check_secret(name, value).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_secret", e))?;
+        let active = self
+            .store
+            .active()?
+            .into_iter()
+            .find(|a| a.function == function)
+            .ok_or_else(|| DeployError::UnknownFunction(function.into()))?;
+        let entry = format!("{function}/{name}");
+        let sealed = self.vault.seal(&entry, value);
+        let commit = Commit {
+            new_version: None,
+            active: Active { revision: 0, ..active },
+            at_ms: now_ms(),
+            secret: Some((entry, sealed)),
+        };
+        let revision = self.store.commit(commit, &|_| Ok::<_, ApiError>(()))?;
+        self.revision.send_replace(revision);
+        tracing::info!(function, secret = name, revision, "secret set");
+        Ok((StatusCode::OK, json!({ "function": function, "secret": name, "revision": revision })))
     }
 
     fn rollout(&self, name: &str, body: &[u8]) -> Result<(StatusCode, serde_json::Value), ApiError> {
@@ -330,8 +386,9 @@ impl<S: Store> ControlPlane<S> {
         let candidate = deploy::rollout_candidate(name, &versions, &active, wanted.as_deref(), rule)?;
         let stable = active.version;
         let active = Active { rollout: candidate.clone(), revision: 0, ..active };
-        let revision =
-            self.store.commit(Commit { new_version: None, active, at_ms: now_ms() }, &|_| Ok::<_, ApiError>(()))?;
+        let revision = self
+            .store
+            .commit(Commit { new_version: None, active, at_ms: now_ms(), secret: None }, &|_| Ok::<_, ApiError>(()))?;
         self.revision.send_replace(revision);
         tracing::info!(function = name, stable, candidate = ?candidate.as_ref().map(|c| c.version), revision, "rollout");
         Ok((StatusCode::OK, json!({ "function": name, "stable": stable, "rollout": candidate, "revision": revision })))

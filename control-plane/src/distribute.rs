@@ -111,7 +111,10 @@ async fn subscription<S: Store>(
     loop {
         let current = *revisions.borrow_and_update();
         if current != sent {
-            let update = update_for(plane.store(), base, current)?;
+            let mut update = update_for(plane.store(), base, current)?;
+            for assignment in &mut update.assignments {
+                assignment.secrets = plane.open_secrets(&assignment.function)?;
+            }
             write_frame(send, &update).await?;
             sent = current;
         }
@@ -161,6 +164,7 @@ fn assignment(active: &Active) -> Assignment {
         signature: active.signature.clone(),
         revision: active.revision,
         rollout: active.rollout.clone(),
+        secrets: Default::default(),
     }
 }
 

@@ -21,6 +21,8 @@ const VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("versions");
 const ACTIVE: TableDefinition<&str, &[u8]> = TableDefinition::new("active");
 /// The change log (JSON) by revision.
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+/// Sealed secret values ([`crate::vault`]) by `function/NAME`.
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 /// Enrolled nodes (JSON), by name.
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 
@@ -80,6 +82,8 @@ pub struct Commit {
     pub new_version: Option<Version>,
     pub active: Active,
     pub at_ms: u64,
+    /// A secret to set in the same transaction: `function/NAME` and the sealed value.
+    pub secret: Option<(String, Vec<u8>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +111,8 @@ pub trait Store: Send + Sync + 'static {
     fn revision(&self) -> Result<u64, StoreError>;
     /// Changes after `revision`, in order.
     fn changes_since(&self, revision: u64) -> Result<Vec<Change>, StoreError>;
+    /// The sealed secrets of `function`, by name.
+    fn secrets(&self, function: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Records an enrolled node (replacing one of the same name).
     fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
     /// Every enrolled node, by name.
@@ -151,6 +157,7 @@ impl EmbeddedStore {
         txn.open_table(ACTIVE).map_err(backend)?;
         txn.open_table(CHANGES).map_err(backend)?;
         txn.open_table(NODES).map_err(backend)?;
+        txn.open_table(SECRETS).map_err(backend)?;
         txn.commit().map_err(backend)?;
         Ok(Self { db })
     }
@@ -209,6 +216,19 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
+    fn secrets(&self, function: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(SECRETS).map_err(backend)?;
+        let (from, to) = (format!("{function}/"), format!("{function}0"));
+        let mut out = Vec::new();
+        for entry in table.range(from.as_str()..to.as_str()).map_err(backend)? {
+            let (key, value) = entry.map_err(backend)?;
+            let name = key.value()[from.len()..].to_string();
+            out.push((name, value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(backend)?;
         txn.open_table(NODES)
@@ -242,6 +262,9 @@ impl Store for EmbeddedStore {
             let mut changes = txn.open_table(CHANGES).map_err(backend)?;
             let last = changes.last().map_err(backend)?.map_or(0, |(k, _)| k.value());
             let revision = last + 1;
+            if let Some((key, sealed)) = &commit.secret {
+                txn.open_table(SECRETS).map_err(backend)?.insert(key.as_str(), sealed.as_slice()).map_err(backend)?;
+            }
             if let Some(version) = &commit.new_version {
                 let mut versions = txn.open_table(VERSIONS).map_err(backend)?;
                 versions
@@ -283,7 +306,7 @@ mod tests {
             routes: vec![],
             rollout: None,
         };
-        store.commit(Commit { new_version: new.then(|| v.clone()), active, at_ms: 2 }, &|_| Ok(()))
+        store.commit(Commit { new_version: new.then(|| v.clone()), active, at_ms: 2, secret: None }, &|_| Ok(()))
     }
 
     #[test]
@@ -325,10 +348,11 @@ mod tests {
             routes: vec![],
             rollout: None,
         };
-        let refused = store.commit(Commit { new_version: Some(v), active, at_ms: 3 }, &|current: &[Active]| {
-            assert_eq!(current.len(), 1);
-            Err(StoreError::Corrupt("refused".into()))
-        });
+        let refused =
+            store.commit(Commit { new_version: Some(v), active, at_ms: 3, secret: None }, &|current: &[Active]| {
+                assert_eq!(current.len(), 1);
+                Err(StoreError::Corrupt("refused".into()))
+            });
         assert!(refused.is_err());
         assert_eq!(store.versions("a").unwrap().len(), 1);
         assert_eq!(store.changes_since(0).unwrap().len(), 1);

@@ -205,8 +205,12 @@ fn serving(state: &AppliedState, bundles: &HashMap<String, Arc<Bundle>>) -> Vec<
         .functions
         .values()
         .filter_map(|a| {
-            let stable = bundles.get(&a.bundle)?.clone();
-            let candidate = a.rollout.as_ref().and_then(|c| Some((bundles.get(&c.bundle)?.clone(), c.rule.clone())));
+            // Secrets reach the function as `env`, like `[vars]` (and over them).
+            let with_secrets =
+                |b: &Arc<Bundle>| if a.secrets.is_empty() { b.clone() } else { Arc::new(b.with_vars(&a.secrets)) };
+            let stable = with_secrets(bundles.get(&a.bundle)?);
+            let candidate =
+                a.rollout.as_ref().and_then(|c| Some((with_secrets(bundles.get(&c.bundle)?), c.rule.clone())));
             Some(Serving { stable, candidate })
         })
         .collect()

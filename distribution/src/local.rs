@@ -114,9 +114,11 @@ impl LocalState {
     }
 }
 
+/// Written whole or not at all, readable by the owner only (the state holds secrets).
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temporary)?;
     std::io::Write::write_all(&mut file, bytes)?;
     file.sync_all()?;
     std::fs::rename(&temporary, path)
@@ -140,6 +142,7 @@ mod tests {
             signature: key.sign(bundle.id()).to_string(),
             revision: 1,
             rollout: None,
+            secrets: Default::default(),
         }
     }
 

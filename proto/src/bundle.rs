@@ -229,6 +229,18 @@ impl Bundle {
         Ok(Self { manifest, modules, id })
     }
 
+    /// This bundle with `extra` added to its `[vars]` (replacing vars of the same name), as
+    /// a node serves a function with its secrets. The result has an id of its own, so that
+    /// isolates of the old values are not reused; the signed id is this bundle's.
+    pub fn with_vars(&self, extra: &BTreeMap<String, String>) -> Bundle {
+        let mut manifest = self.manifest.clone();
+        for (name, value) in extra {
+            manifest.vars.insert(name.clone(), serde_json::Value::String(value.clone()));
+        }
+        let id = Self::compute_id(&manifest, &self.modules);
+        Bundle { manifest, modules: self.modules.clone(), id }
+    }
+
     pub fn id(&self) -> BundleId {
         self.id
     }

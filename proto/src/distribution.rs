@@ -40,18 +40,22 @@ pub struct Assignment {
     /// During a rollout: the candidate version and who gets it.
     #[serde(default)]
     pub rollout: Option<crate::rollout::Candidate>,
+    /// The function's secrets, opened for the node (never in the control plane's log).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
 
 impl Assignment {
     /// The bundles the assignment needs, each as an assignment of its own (function,
     /// bundle, signature): the stable version, and the rollout's candidate if any.
     pub fn parts(&self) -> Vec<Assignment> {
-        let stable = Assignment { rollout: None, ..self.clone() };
+        let stable = Assignment { rollout: None, secrets: BTreeMap::new(), ..self.clone() };
         let candidate = self.rollout.as_ref().map(|c| Assignment {
             version: c.version,
             bundle: c.bundle.clone(),
             signature: c.signature.clone(),
             rollout: None,
+            secrets: BTreeMap::new(),
             ..self.clone()
         });
         std::iter::once(stable).chain(candidate).collect()
@@ -176,6 +180,7 @@ mod tests {
             signature: "00".repeat(64),
             revision,
             rollout: None,
+            secrets: BTreeMap::new(),
         }
     }
 
