@@ -75,11 +75,11 @@ async fn serve_node<S: Store>(
     }
     let name = node.name.clone();
     tracing::info!(node = %name, region = %node.region, applied, "node connected");
-    plane.fleet().connected(node, applied, now_ms());
+    let session = plane.fleet().connected(node, applied, now_ms());
     let fetches = tokio::spawn(serve_fetches(plane.clone(), connection.clone()));
     let result = subscription(plane, &name, applied, &mut send, recv).await;
     fetches.abort();
-    plane.fleet().disconnected(&name);
+    plane.fleet().disconnected(&name, session);
     tracing::info!(node = %name, "node disconnected");
     result
 }

@@ -16,6 +16,9 @@ const ACKS_KEPT: usize = 256;
 pub struct NodeLive {
     pub info: Option<NodeInfo>,
     pub connected: bool,
+    /// Which connection is the node's current one (a new one replaces it).
+    #[serde(skip)]
+    pub session: u64,
     /// The revision the node serves.
     pub applied: u64,
     /// The last update it refused, and why.
@@ -31,16 +34,23 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn connected(&self, info: NodeInfo, applied: u64, now_ms: u64) {
+    /// A node's new connection; returns its session, which [`Fleet::disconnected`] takes.
+    pub fn connected(&self, info: NodeInfo, applied: u64, now_ms: u64) -> u64 {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         let node = nodes.entry(info.name.clone()).or_default();
         node.info = Some(info);
         node.connected = true;
+        node.session += 1;
         record(node, applied, now_ms);
+        node.session
     }
 
-    pub fn disconnected(&self, name: &str) {
-        if let Some(node) = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).get_mut(name) {
+    /// The end of connection `session`: a connection that a newer one replaced (the node
+    /// restarted before the old one timed out) changes nothing.
+    pub fn disconnected(&self, name: &str, session: u64) {
+        if let Some(node) = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).get_mut(name)
+            && node.session == session
+        {
             node.connected = false;
         }
     }
@@ -164,8 +174,8 @@ mod tests {
         let fleet = Fleet::default();
         fleet.connected(info("a"), 4, 1_000);
         fleet.connected(info("b"), 4, 1_000);
-        fleet.connected(info("c"), 3, 1_000);
-        fleet.disconnected("c");
+        let c = fleet.connected(info("c"), 3, 1_000);
+        fleet.disconnected("c", c);
         let enrolled = ["a", "b", "c", "d"].map(String::from);
         let p = progress(5, 2_000, &fleet.snapshot(), &enrolled);
         assert_eq!((p.live.len(), p.pending.len(), p.offline), (0, 2, vec!["c".to_string(), "d".into()]));
@@ -178,6 +188,17 @@ mod tests {
         // A later ack does not move when a node first served it.
         fleet.applied("a", 7, 9_000);
         assert_eq!(progress(5, 2_000, &fleet.snapshot(), &enrolled).propagation_ms, Some(300));
+    }
+
+    #[test]
+    fn bug_the_end_of_a_replaced_connection_does_not_mark_a_reconnected_node_offline() {
+        let fleet = Fleet::default();
+        let old = fleet.connected(info("a"), 1, 0);
+        let new = fleet.connected(info("a"), 1, 10);
+        fleet.disconnected("a", old);
+        assert!(fleet.snapshot()["a"].connected);
+        fleet.disconnected("a", new);
+        assert!(!fleet.snapshot()["a"].connected);
     }
 
     #[test]
