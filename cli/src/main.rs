@@ -320,6 +320,10 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> std::process::ExitCode {
+    // Two rustls crypto providers are linked (ring, ours; aws-lc-rs, the Web API crates'),
+    // so rustls cannot pick one for code that does not name it (outbound fetch): ring is the
+    // process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match run(cli) {
