@@ -111,6 +111,11 @@ pub async fn deploy(path: &Path, wait: Option<Duration>, credentials: &Credentia
         &answer["bundle"].as_str().unwrap_or_default()[..12],
         answer["revision"]
     );
+    follow(&answer, wait, credentials).await
+}
+
+/// With `wait`, follows the revision an API answer made until every connected node serves it.
+async fn follow(answer: &serde_json::Value, wait: Option<Duration>, credentials: &Credentials) -> anyhow::Result<()> {
     match (wait, answer["revision"].as_u64()) {
         (Some(timeout), Some(revision)) => wait_until_live(credentials, revision, timeout).await,
         _ => Ok(()),
@@ -281,10 +286,7 @@ pub async fn rollback(
         &answer["bundle"].as_str().unwrap_or_default()[..12],
         answer["revision"]
     );
-    match (wait, answer["revision"].as_u64()) {
-        (Some(timeout), Some(revision)) => wait_until_live(credentials, revision, timeout).await,
-        _ => Ok(()),
-    }
+    follow(&answer, wait, credentials).await
 }
 
 /// `tern secret put FUNCTION NAME`: the value from standard input (one trailing newline
@@ -301,7 +303,7 @@ pub async fn secret_put(function: &str, name: &str, credentials: &Credentials) -
     let path = format!("/v1/functions/{function}/secrets/{name}");
     let answer = call(credentials, http::Method::PUT, &path, &[], value.into()).await?;
     println!("secret {name} set for {function} (revision {})", answer["revision"]);
-    wait_until_live(credentials, answer["revision"].as_u64().unwrap_or_default(), Duration::from_secs(30)).await
+    follow(&answer, Some(Duration::from_secs(30)), credentials).await
 }
 
 /// `tern secret list FUNCTION`: names only.
@@ -351,10 +353,7 @@ pub async fn rollout(
             candidate["version"], answer["stable"], answer["revision"]
         );
     }
-    match (wait, answer["revision"].as_u64()) {
-        (Some(timeout), Some(revision)) => wait_until_live(credentials, revision, timeout).await,
-        _ => Ok(()),
-    }
+    follow(&answer, wait, credentials).await
 }
 
 /// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS`.

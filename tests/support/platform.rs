@@ -37,7 +37,7 @@ impl ControlPlane {
         let first = lines.next().expect("a first line").unwrap();
         let url = first.strip_prefix("tern control-plane: listening on ").expect(&first).to_string();
         std::thread::spawn(move || lines.for_each(drop));
-        let output = capture(child.stderr.take().unwrap());
+        let (output, _) = capture(child.stderr.take().unwrap());
         let read = |file: &str| std::fs::read_to_string(data.join(file)).unwrap().trim().to_string();
         Self { child, url, token: read("admin-token"), join_token: read("join-token"), data: data.to_owned(), output }
     }
@@ -83,6 +83,8 @@ pub struct Node {
     pub addr: String,
     args: Vec<String>,
     pub output: Arc<Mutex<String>>,
+    /// The thread collecting its stderr, done once the process has exited and all is read.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Node {
@@ -122,7 +124,7 @@ impl Node {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start tern node");
-        let output = capture(child.stderr.take().unwrap());
+        let (output, reader) = capture(child.stderr.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         let stdout = child.stdout.take().unwrap();
         let prefix = format!("tern node {name}: serving on http://");
@@ -134,7 +136,7 @@ impl Node {
             }
         });
         match rx.recv_timeout(PATIENCE) {
-            Ok(addr) => Ok(Self { child, name: name.to_string(), addr, args, output }),
+            Ok(addr) => Ok(Self { child, name: name.to_string(), addr, args, output, reader: Some(reader) }),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -154,9 +156,13 @@ impl Node {
         *self = Self::spawn(&self.name.clone(), self.args.clone()).expect("tern node restarts");
     }
 
-    /// Waits for the node to exit; its exit status.
+    /// Waits for the node to exit and for everything it printed to be read; its exit status.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        self.child.wait().unwrap()
+        let status = self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        status
     }
 
     pub fn output(&self) -> String {
@@ -170,14 +176,14 @@ impl Drop for Node {
     }
 }
 
-/// Collects a child's stream into a shared string.
-fn capture(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+/// Collects a child's stream into a shared string, on a thread that ends with the stream.
+fn capture(stream: impl std::io::Read + Send + 'static) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>) {
     let output = Arc::new(Mutex::new(String::new()));
     let out = output.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             out.lock().unwrap().push_str(&format!("{line}\n"));
         }
     });
-    output
+    (output, reader)
 }
