@@ -4,9 +4,10 @@
 # cmake and Debian's SIMDe headers (libsimde-dev), which .cargo/config.toml points WAMR at so
 # the build never reaches for the network. wrk is for the benchmarks. clang, lld, wasi-libc and
 # libclang-rt-14-dev-wasm32 build the C WebAssembly example (examples/wasm-c) for wasm32-wasi.
+# iproute2 builds the router tests' network namespaces; python3 serves their echo check.
 set -euo pipefail
 
-packages=(cmake libsimde-dev wrk curl clang lld wasi-libc libclang-rt-14-dev-wasm32)
+packages=(cmake libsimde-dev wrk curl clang lld wasi-libc libclang-rt-14-dev-wasm32 iproute2 python3)
 # npm installs the framework fixtures (Hono, itty-router) for the tests.
 command -v npm >/dev/null || packages+=(nodejs npm)
 missing=()

@@ -60,7 +60,7 @@ pub async fn serve(listen: SocketAddr, data: &Path) -> anyhow::Result<()> {
 }
 
 /// Sends one API request; returns the JSON answer, or fails with the API's message.
-async fn call(
+pub(crate) async fn call(
     credentials: &Credentials,
     method: http::Method,
     path: &str,

@@ -12,7 +12,9 @@ mod control;
 mod dev;
 mod node;
 mod project;
+mod router;
 mod serve;
+mod up;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -149,8 +151,47 @@ enum Command {
         ca_certs: Vec<PathBuf>,
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         header_read_timeout: Duration,
+        /// Routers in this range (CIDR; repeat for more) are believed about the client:
+        /// its address (`x-forwarded-for`) and place (`request.cf`).
+        #[arg(long = "trusted-proxy", value_name = "CIDR")]
+        trusted_proxies: Vec<ipnet::IpNet>,
         #[command(flatten)]
         isolates: IsolateArgs,
+    },
+    /// The whole platform on this machine: a control plane, two nodes and a router on
+    /// 127.0.0.1:8080, with the given projects (default: ./examples/*) deployed.
+    Up {
+        /// Function projects to deploy (default: every folder under ./examples).
+        paths: Vec<PathBuf>,
+        /// Where the router listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Where the platform keeps its state (default: `$XDG_DATA_HOME/tern/up`).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Run a router: send each request to the nearest healthy node.
+    Router {
+        /// The control plane's API, e.g. http://127.0.0.1:7700.
+        #[arg(long = "control-plane", env = "TERN_CONTROL_PLANE", default_value = "http://127.0.0.1:7700")]
+        control_plane: String,
+        /// The join token (or the admin token); the router reads the topology with it.
+        #[arg(long, env = "TERN_JOIN_TOKEN", hide_env_values = true)]
+        join_token: String,
+        /// Address to serve HTTP on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Where the router is: `LAT,LON` in degrees.
+        #[arg(long, value_parser = tern_router::geo::Location::parse, allow_hyphen_values = true)]
+        location: tern_router::geo::Location,
+        /// Upstreams in this range (CIDR; repeat for more) are believed about the client:
+        /// `x-forwarded-for`, `tern-client-location` (LAT,LON) and `tern-client-country`.
+        #[arg(long = "trusted-upstream", value_name = "CIDR")]
+        trusted: Vec<ipnet::IpNet>,
+        /// A table of client networks and where they are (TOML, `[[network]]` entries with
+        /// `cidr`, `location` and `country`).
+        #[arg(long, value_name = "FILE")]
+        networks: Option<PathBuf>,
     },
     /// Deploy a function project: upload it as a new version, make it active, and wait
     /// until every connected node serves it.
@@ -406,6 +447,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             warm_pool,
             ca_certs,
             header_read_timeout,
+            trusted_proxies,
             isolates,
         } => {
             let limits = tern_edge_node::ServerLimits { header_read_timeout, ..Default::default() };
@@ -423,7 +465,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ca_certs,
                 warm_pool,
                 limits,
+                trusted_proxies,
                 log_format,
+            }))
+        }
+        Command::Up { paths, listen, data } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            rt.block_on(up::run(up::UpOptions { paths, listen, data }))
+        }
+        Command::Router { control_plane, join_token, listen, location, trusted, networks } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().thread_name("tern-router").enable_all().build()?;
+            rt.block_on(router::run(router::RouterOptions {
+                control_plane,
+                token: join_token,
+                listen,
+                location,
+                trusted,
+                networks,
             }))
         }
         Command::Deploy { path, wait, credentials } => rt.block_on(control::deploy(&path, wait.limit(), &credentials)),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tern_distribution::agent::{AgentConfig, Apply};
-use tern_edge_node::{EdgeNode, ErrorDetail, RouteTable, ServerLimits};
+use tern_edge_node::{EdgeIdentity, EdgeNode, ErrorDetail, RouteTable, ServerLimits};
 use tern_proto::distribution::NodeInfo;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -31,6 +31,7 @@ pub struct NodeOptions {
     pub ca_certs: Vec<PathBuf>,
     pub warm_pool: usize,
     pub limits: ServerLimits,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub log_format: &'static str,
 }
 
@@ -39,7 +40,8 @@ pub async fn run(options: NodeOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create the data directory {}", data.display()))?;
     let backend =
         crate::serve::backend(&options.isolates, &options.ca_certs, options.warm_pool, options.log_format).await?;
-    let node = Arc::new(EdgeNode::new(backend, ErrorDetail::Hide, options.limits));
+    let edge = EdgeIdentity { colo: Some(options.region.clone()), trusted_proxies: options.trusted_proxies.clone() };
+    let node = Arc::new(EdgeNode::new(backend, ErrorDetail::Hide, options.limits).with_edge(edge));
     let listener =
         std::net::TcpListener::bind(options.listen).with_context(|| format!("cannot listen on {}", options.listen))?;
     let addr = listener.local_addr()?;
@@ -71,6 +73,7 @@ pub async fn run(options: NodeOptions) -> anyhow::Result<()> {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    node.set_draining();
     serving.drain(DRAIN_PATIENCE).await;
     Ok(())
 }

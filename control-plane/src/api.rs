@@ -12,6 +12,7 @@
 //! | `POST /v1/functions/{name}/rollout` | body `{"version": "3", "percent": 20, "header": "x-canary=1", "sticky": "x-user"}`: sends some requests to a candidate version; `percent` 0 with no `header` ends it |
 //! | `GET /v1/signing-key` | the Ed25519 public key bundles are signed with (hex) |
 //! | `POST /v1/nodes` | with the join token (or the admin token): enrols a node, body `{"node": {name, region, location, listen}, "csr": PEM}`; answers its certificate, the CA certificate and the signing key |
+//! | `GET /v1/topology[?after=N]` | with the join token (or the admin token), for routers: every enrolled node (name, region, location, listen address, connected) and every function's routes and placement; with `after`, answers as soon as a revision newer than `N` commits, or after a second |
 //! | `GET /v1/status` | every function's active version, every node's applied revision, and how far the latest revision has spread |
 //! | `GET /v1/revisions/{n}` | how far revision `n` has spread: which nodes serve it, which are pending or offline, and the propagation time once done |
 //!
@@ -41,6 +42,9 @@ use crate::fleet::{Fleet, progress};
 use crate::keys::Secrets;
 use crate::store::{Active, Commit, NodeRecord, Store, StoreError, Version};
 use crate::vault::{Vault, check_secret};
+
+/// How long `GET /v1/topology?after=N` waits for a revision newer than `N`.
+pub const TOPOLOGY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest bundle a deploy may upload.
 pub const MAX_BUNDLE_BYTES: usize = 64 << 20;
@@ -192,6 +196,18 @@ impl<S: Store> ControlPlane<S> {
                 self.authorize_join(&req)?;
                 return self.enroll(req).await;
             }
+            (&Method::GET, ["v1", "topology"]) => {
+                self.authorize_join(&req)?;
+                // `?after=N`: a router that has revision N waits (up to a second) for the next.
+                let after =
+                    req.uri().query().and_then(|q| q.strip_prefix("after=")).and_then(|n| n.parse::<u64>().ok());
+                if let Some(after) = after {
+                    let mut revisions = self.revision.subscribe();
+                    let newer = revisions.wait_for(|r| *r > after);
+                    let _ = tokio::time::timeout(TOPOLOGY_WAIT, newer).await;
+                }
+                return self.topology();
+            }
             _ => {}
         }
         self.authorize(&req)?;
@@ -276,7 +292,7 @@ impl<S: Store> ControlPlane<S> {
         let id = bundle.id().to_string();
         self.store.put_bundle(&id, &wire)?;
         let signature = self.secrets.signing.sign(bundle.id()).to_string();
-        let routes: Vec<String> = bundle.manifest.routes.iter().map(|r| r.as_str().to_string()).collect();
+        let claims = Claims::of(&bundle);
         let versions = self.store.versions(&function)?;
         let active = self.store.active()?.into_iter().find(|a| a.function == function);
         if let Some(active) = active.filter(|a| a.bundle == id) {
@@ -291,7 +307,7 @@ impl<S: Store> ControlPlane<S> {
         if let Some(same) = versions.iter().rev().find(|v| v.bundle == id) {
             // Deploying what was deployed before makes that version active again.
             let target = same.clone();
-            return self.activate(&target, None, routes).map(|revision| {
+            return self.activate(&target, None, claims).map(|revision| {
                 (
                     StatusCode::OK,
                     json!({ "function": function, "version": target.number, "bundle": id,
@@ -306,7 +322,7 @@ impl<S: Store> ControlPlane<S> {
             signature: signature.clone(),
             created_ms: now_ms(),
         };
-        let revision = self.activate(&version, Some(version.clone()), routes)?;
+        let revision = self.activate(&version, Some(version.clone()), claims)?;
         tracing::info!(%function, version = version.number, bundle = %&id[..12], revision, "deployed");
         Ok((
             StatusCode::CREATED,
@@ -316,7 +332,8 @@ impl<S: Store> ControlPlane<S> {
     }
 
     /// Makes `version` what its function runs (recording it first when `new`).
-    fn activate(&self, version: &Version, new: Option<Version>, routes: Vec<String>) -> Result<u64, ApiError> {
+    fn activate(&self, version: &Version, new: Option<Version>, claims: Claims) -> Result<u64, ApiError> {
+        let Claims { routes, placement } = claims;
         let active = Active {
             function: version.function.clone(),
             version: version.number,
@@ -325,6 +342,7 @@ impl<S: Store> ControlPlane<S> {
             revision: 0,
             routes: routes.clone(),
             rollout: None,
+            placement,
         };
         let function = version.function.clone();
         let check = move |current: &[Active]| -> Result<(), ApiError> {
@@ -460,6 +478,30 @@ impl<S: Store> ControlPlane<S> {
         ))
     }
 
+    /// What a router needs: every enrolled node (where it is and how to reach it) and every
+    /// function's routes and placement.
+    fn topology(&self) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        let live = self.fleet.snapshot();
+        let nodes: Vec<serde_json::Value> = self
+            .store
+            .nodes()?
+            .into_iter()
+            .map(|record| {
+                let node = live.get(&record.info.name);
+                let info = node.and_then(|n| n.info.clone()).unwrap_or(record.info);
+                json!({ "name": info.name, "region": info.region, "location": info.location, "listen": info.listen,
+                    "connected": node.is_some_and(|n| n.connected) })
+            })
+            .collect();
+        let functions: Vec<serde_json::Value> = self
+            .store
+            .active()?
+            .into_iter()
+            .map(|a| json!({ "name": a.function, "routes": a.routes, "placement": a.placement }))
+            .collect();
+        Ok((StatusCode::OK, json!({ "revision": self.store.revision()?, "nodes": nodes, "functions": functions })))
+    }
+
     fn versions(&self, name: &str) -> Result<(StatusCode, serde_json::Value), ApiError> {
         let versions = self.store.versions(name)?;
         if versions.is_empty() {
@@ -478,14 +520,27 @@ impl<S: Store> ControlPlane<S> {
         })?;
         let expected: BundleId = target.bundle.parse().map_err(|()| StoreError::Corrupt("bad bundle id".into()))?;
         let bundle = Bundle::from_wire(&wire, expected).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let routes = bundle.manifest.routes.iter().map(|r| r.as_str().to_string()).collect();
-        let revision = self.activate(&target, None, routes)?;
+        let revision = self.activate(&target, None, Claims::of(&bundle))?;
         tracing::info!(function = name, version = target.number, revision, "rolled back");
         Ok((
             StatusCode::OK,
             json!({ "function": name, "version": target.number, "bundle": target.bundle,
             "revision": revision }),
         ))
+    }
+}
+
+/// What an active version's manifest tells the rest of the platform: its routes (checked
+/// for conflicts) and its placement (for the router).
+struct Claims {
+    routes: Vec<String>,
+    placement: Vec<String>,
+}
+
+impl Claims {
+    fn of(bundle: &Bundle) -> Self {
+        let routes = bundle.manifest.routes.iter().map(|r| r.as_str().to_string()).collect();
+        Self { routes, placement: bundle.manifest.placement.clone() }
     }
 }
 

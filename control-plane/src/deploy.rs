@@ -124,6 +124,7 @@ mod tests {
             signature: String::new(),
             revision: 1,
             routes: routes.iter().map(|r| r.to_string()).collect(),
+            placement: vec![],
             rollout: None,
         }
     }

@@ -66,6 +66,9 @@ pub struct Active {
     /// A rollout to a candidate version, if one is under way.
     #[serde(default)]
     pub rollout: Option<tern_proto::rollout::Candidate>,
+    /// The regions its manifest's `[placement]` allows; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<String>,
 }
 
 /// One entry of the log nodes follow: at `revision`, `function` started running `active`.
@@ -304,6 +307,7 @@ mod tests {
             signature: v.signature.clone(),
             revision: 0,
             routes: vec![],
+            placement: vec![],
             rollout: None,
         };
         store.commit(Commit { new_version: new.then(|| v.clone()), active, at_ms: 2, secret: None }, &|_| Ok(()))
@@ -346,6 +350,7 @@ mod tests {
             signature: String::new(),
             revision: 0,
             routes: vec![],
+            placement: vec![],
             rollout: None,
         };
         let refused =

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tern_js_api::exchange::RequestId;
 use tern_proto::Bundle;
@@ -13,6 +13,7 @@ use tern_runtime::Isolates;
 use crate::hosts::HostPool;
 
 use crate::errors::ErrorDetail;
+use crate::forwarded::EdgeIdentity;
 use crate::limits::ServerLimits;
 use crate::metrics::NodeMetrics;
 use crate::routing::RouteTable;
@@ -50,6 +51,9 @@ pub struct EdgeNode {
     error_detail: ErrorDetail,
     limits: ServerLimits,
     local_addr: RwLock<Option<SocketAddr>>,
+    edge: EdgeIdentity,
+    in_flight: AtomicU64,
+    draining: AtomicBool,
 }
 
 impl EdgeNode {
@@ -62,7 +66,40 @@ impl EdgeNode {
             error_detail,
             limits,
             local_addr: RwLock::new(None),
+            edge: EdgeIdentity::default(),
+            in_flight: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// The node's region and the routers it trusts (see [`crate::forwarded`]).
+    pub fn with_edge(mut self, edge: EdgeIdentity) -> Self {
+        self.edge = edge;
+        self
+    }
+
+    pub fn edge(&self) -> &EdgeIdentity {
+        &self.edge
+    }
+
+    /// Counts a request until its response head is out; the guard counts it down.
+    pub fn start_request(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
+    }
+
+    /// Requests waiting for their response head now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// From now on the node tells routers' probes it is stopping.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     pub fn limits(&self) -> &ServerLimits {
@@ -108,6 +145,15 @@ impl EdgeNode {
     /// `host:port` this node listens on, for requests that carry no Host.
     pub fn local_authority(&self) -> String {
         self.local_addr.read().unwrap_or_else(|p| p.into_inner()).map_or_else(|| "localhost".into(), |a| a.to_string())
+    }
+}
+
+/// One request being answered; dropping it counts it out.
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -6,16 +6,16 @@
 //! during a rollout, a candidate that [`Serving::pick`] chooses per request; routes are the
 //! stable version's. A [`RouteTable`] is immutable; the node swaps whole tables.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use tern_proto::Bundle;
 use tern_proto::rollout::Serving;
-use tern_proto::{Bundle, RoutePattern};
+use tern_proto::route::RouteIndex;
+pub use tern_proto::route::normalize_host;
 
 #[derive(Default)]
 pub struct RouteTable {
-    by_name: HashMap<String, Arc<Serving>>,
-    routes: Vec<(RoutePattern, Arc<Serving>)>,
+    index: RouteIndex<Arc<Serving>>,
     fallback: Option<Arc<Serving>>,
 }
 
@@ -28,50 +28,23 @@ impl RouteTable {
 
     /// A table over functions that may be in a rollout.
     pub fn serving(functions: impl IntoIterator<Item = Serving>, fallback: Option<&str>) -> Self {
-        let mut table = Self::default();
-        for serving in functions {
-            let serving = Arc::new(serving);
-            for route in &serving.stable.manifest.routes {
-                table.routes.push((route.clone(), serving.clone()));
-            }
-            if fallback == Some(serving.stable.name()) {
-                table.fallback = Some(serving.clone());
-            }
-            table.by_name.insert(serving.stable.name().to_string(), serving);
-        }
-        table.routes.sort_by_key(|(route, _)| std::cmp::Reverse(route.specificity()));
-        table
+        let functions: Vec<Arc<Serving>> = functions.into_iter().map(Arc::new).collect();
+        let index = RouteIndex::new(
+            functions.iter().map(|s| (s.stable.name().to_string(), s.stable.manifest.routes.as_slice(), s.clone())),
+        );
+        let fallback = fallback.and_then(|name| index.named(name).cloned());
+        Self { index, fallback }
     }
 
     /// The function for `host` (lower case, without port) and `path`.
     pub fn resolve(&self, host: &str, path: &str) -> Option<&Arc<Serving>> {
-        if let Some((_, bundle)) = self.routes.iter().find(|(r, _)| r.matches(host, path)) {
-            return Some(bundle);
-        }
-        if let Some(name) = host.strip_suffix(".localhost")
-            && let Some(bundle) = self.by_name.get(name)
-        {
-            return Some(bundle);
-        }
-        self.fallback.as_ref()
+        self.index.resolve(host, path).or(self.fallback.as_ref())
     }
 
     /// Every bundle the table serves: stable versions and rollout candidates.
     pub fn functions(&self) -> impl Iterator<Item = &Arc<Bundle>> {
-        self.by_name.values().flat_map(|s| std::iter::once(&s.stable).chain(s.candidate.as_ref().map(|(b, _)| b)))
+        self.index.values().flat_map(|s| std::iter::once(&s.stable).chain(s.candidate.as_ref().map(|(b, _)| b)))
     }
-}
-
-/// The host of a request target or `Host` header: lower case, port and trailing dot removed.
-pub fn normalize_host(raw: &str) -> String {
-    let without_port = if raw.starts_with('[') {
-        raw.split(']').next().map(|h| format!("{h}]")).unwrap_or_default()
-    } else {
-        raw.rsplit_once(':')
-            .map_or(raw, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { raw })
-            .to_string()
-    };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
 }
 
 #[cfg(test)]

@@ -128,7 +128,25 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Host of the probes routers send (`GET /health`); `.invalid` is reserved (RFC 2606), so
+/// no function's route can claim it.
+pub const PROBE_HOST: &str = "node.tern.invalid";
+
+/// A router's probe: how busy the node is and whether it is stopping.
+fn health(node: &EdgeNode) -> Response<NodeBody> {
+    let body = format!(r#"{{"in_flight":{},"draining":{}}}"#, node.in_flight(), node.draining());
+    let mut response =
+        Response::new(http_body_util::Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    response
+}
+
 async fn handle(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr) -> Response<NodeBody> {
+    if req.uri().path() == "/health" && req.headers().get(http::header::HOST).is_some_and(|h| h == PROBE_HOST) {
+        return health(node);
+    }
+    let _counted = node.start_request();
     let id = node.next_request_id();
     node.metrics().requests.inc();
     let mut response = exchange(node, req, remote, id).await;
@@ -152,7 +170,8 @@ async fn exchange(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr, i
     let Some(serving) = node.routes().resolve(&host, req.uri().path()).cloned() else {
         return error(node, NodeError::NoRoute { host });
     };
-    let client_ip = remote.ip().to_canonical().to_string();
+    let (client_ip, cf) = node.edge().client(remote.ip(), req.headers());
+    let client_ip = client_ip.to_string();
     let bundle = serving.pick(|name| req.headers().get(name).and_then(|v| v.to_str().ok()), &client_ip).clone();
     let authority = if authority.is_empty() { node.local_authority() } else { authority };
     let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -176,6 +195,11 @@ async fn exchange(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr, i
     let mut req = req;
     let client = http::HeaderValue::try_from(client_ip).expect("an IP is a header value");
     req.headers_mut().insert(CONNECTING_IP, client);
+    req.headers_mut().remove(crate::forwarded::CONNECTING_IP_HEADER);
+    // `request.cf`, as the node vouches for it (the runtime takes the header off again).
+    if let Ok(cf) = http::HeaderValue::try_from(cf) {
+        req.headers_mut().insert(crate::forwarded::CF_HEADER, cf);
+    }
     let deadline = tokio::time::Instant::now() + limits.wall_per_request;
     let (reply, answer) = oneshot::channel();
     let max_body = usize::try_from(limits.request_body_bytes).unwrap_or(usize::MAX);

@@ -20,7 +20,10 @@ import { wasiFunction } from "ext:tern_api/20_wasi.js";
 
 const {
   ArrayBufferIsView,
+  JSONParse,
   ObjectCreate,
+  ObjectDefineProperty,
+  ObjectFreeze,
   ObjectPrototypeIsPrototypeOf,
   PromisePrototypeThen,
   PromiseResolve,
@@ -92,7 +95,7 @@ export function installHandlerProtocol({ streams, request, response, body, repor
     return ctx;
   }
 
-  function makeRequest(id, method, url, headerList, hasBody) {
+  function makeRequest(id, method, url, headerList, hasBody, cf) {
     let inner = null;
     if (hasBody) {
       const stream = new ReadableStream({
@@ -104,7 +107,11 @@ export function installHandlerProtocol({ streams, request, response, body, repor
       }, { highWaterMark: 0 });
       inner = new InnerBody(stream);
     }
-    return fromInnerRequest(newInnerRequest(method, url, () => headerList, inner, false), "immutable");
+    const req = fromInnerRequest(newInnerRequest(method, url, () => headerList, inner, false), "immutable");
+    // `request.cf` as on Workers: what the node knows of the client (country, latitude,
+    // longitude, colo), read-only.
+    ObjectDefineProperty(req, "cf", { value: ObjectFreeze(JSONParse(cf ?? "{}")), enumerable: true });
+    return req;
   }
 
   function describe(value) {
@@ -207,7 +214,7 @@ export function installHandlerProtocol({ streams, request, response, body, repor
     let res;
     let thenable;
     try {
-      res = handler(makeRequest(id, exchange[1], exchange[2], exchange[3], exchange[4]), makeCtx());
+      res = handler(makeRequest(id, exchange[1], exchange[2], exchange[3], exchange[4], exchange[5]), makeCtx());
       // Reading `then` runs user code (a getter may throw): keep it inside the try.
       thenable = res !== null && typeof res === "object" && !ObjectPrototypeIsPrototypeOf(ResponsePrototype, res) &&
         typeof res.then === "function";

@@ -365,15 +365,20 @@ enum ResponseBodyInit {
     Stream,
 }
 
+/// The header through which the node hands a request its `request.cf`.
+pub const CF_HEADER: &str = "tern-cf";
+
 /// Waits for the next request. Resolves to `null` when the isolate should stop taking work.
-/// Returns `[id, method, url, headers, hasBody]`.
+/// Returns `[id, method, url, headers, hasBody, cf]`: `cf` is the JSON the node put in the
+/// `tern-cf` header for `request.cf` (the header itself is not passed on), or `null`.
 #[op2]
 pub async fn op_tern_next_request(
     state: Rc<RefCell<OpState>>,
-) -> Option<(u32, String, String, Vec<(ByteString, ByteString)>, bool)> {
+) -> Option<(u32, String, String, Vec<(ByteString, ByteString)>, bool, Option<String>)> {
     let inbox = state.borrow().borrow::<Inbox>().clone();
     let exchange = inbox.next().await?;
-    let (parts, body) = exchange.request.into_parts();
+    let (mut parts, body) = exchange.request.into_parts();
+    let cf = parts.headers.remove(CF_HEADER).and_then(|v| v.to_str().ok().map(str::to_string));
     let has_body = !body.is_end_stream() && !matches!(parts.method, http::Method::GET | http::Method::HEAD);
     let headers =
         parts.headers.iter().map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_bytes()))).collect();
@@ -382,7 +387,7 @@ pub async fn op_tern_next_request(
         has_body.then_some(body),
         exchange.reply,
     );
-    Some((id, parts.method.to_string(), exchange.url, headers, has_body))
+    Some((id, parts.method.to_string(), exchange.url, headers, has_body, cf))
 }
 
 /// The `tern-hops` value for an outbound request made now.

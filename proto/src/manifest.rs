@@ -12,6 +12,9 @@
 //! cpu_ms = 50
 //! [egress]                            # optional: private destinations this function may fetch
 //! allow = ["10.1.2.3", "192.168.0.0/16"]   # addresses or CIDR ranges
+//! [placement]                         # optional: where the router may run it
+//! regions = ["eu-west", "eu-north"]   # only nodes of these regions, the nearest of them
+//! # region = "eu-west"                # or pinned: always this region ("near my database")
 //! ```
 //! Unknown keys are refused (a typo should not silently do nothing); errors carry the line.
 
@@ -38,6 +41,17 @@ pub struct Manifest {
     pub allow_eval: bool,
     /// Private, loopback or link-local ranges this function's `fetch` may reach anyway.
     pub egress_allow: Vec<ipnet::IpNet>,
+    /// The regions whose nodes may serve it; empty: any. Left out of the serialized form
+    /// when empty, so that bundles made before placement existed keep their ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPlacement {
+    regions: Option<Vec<String>>,
+    region: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -63,6 +77,8 @@ struct RawManifest {
     allow_eval: bool,
     #[serde(default)]
     egress: RawEgress,
+    #[serde(default)]
+    placement: RawPlacement,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +99,8 @@ pub enum ManifestError {
     BadLimit(#[from] LimitError),
     #[error("tern.toml: [egress] allow: {0:?} is neither an IP address nor a CIDR range (like 10.0.0.0/8)")]
     BadEgress(String),
+    #[error("tern.toml: [placement] {0}")]
+    BadPlacement(String),
 }
 
 impl Manifest {
@@ -102,6 +120,7 @@ impl Manifest {
                     .map_err(|_| ManifestError::BadEgress(a.clone()))
             })
             .collect::<Result<_, _>>()?;
+        manifest.placement = raw.placement.resolve()?;
         Ok(manifest)
     }
 
@@ -146,7 +165,32 @@ impl Manifest {
             limits: Limits::default(),
             allow_eval: false,
             egress_allow: Vec::new(),
+            placement: Vec::new(),
         })
+    }
+}
+
+impl RawPlacement {
+    /// `region` pins one region, `regions` allows several; not both, not an empty list.
+    fn resolve(self) -> Result<Vec<String>, ManifestError> {
+        let bad = |m: String| Err(ManifestError::BadPlacement(m));
+        let regions = match (self.regions, self.region) {
+            (Some(_), Some(_)) => return bad("give either `region` (pinned) or `regions` (allowed), not both".into()),
+            (Some(regions), None) if regions.is_empty() => {
+                return bad("`regions` is empty: leave [placement] out to run anywhere".into());
+            }
+            (Some(regions), None) => regions,
+            (None, Some(region)) => vec![region],
+            (None, None) => return Ok(Vec::new()),
+        };
+        for region in &regions {
+            if !valid_name(region) {
+                return bad(format!(
+                    "region {region:?} must be 1-63 characters of a-z, 0-9 and '-', as `tern node --region`"
+                ));
+            }
+        }
+        Ok(regions)
     }
 }
 
@@ -231,6 +275,26 @@ mod tests {
         assert_eq!(m.egress_allow[0].to_string(), "10.1.2.3/32");
         let e = Manifest::parse("name = \"a\"\nmain = \"a.js\"\n[egress]\nallow = [\"db.internal\"]\n").unwrap_err();
         assert!(e.to_string().contains("db.internal"), "{e}");
+    }
+
+    #[test]
+    fn placement_pins_or_allows_regions() {
+        let base = "name = \"a\"\nmain = \"a.js\"\n";
+        assert!(Manifest::parse(base).unwrap().placement.is_empty());
+        let m = Manifest::parse(&format!("{base}[placement]\nregion = \"eu-west\"\n")).unwrap();
+        assert_eq!(m.placement, ["eu-west"]);
+        let m = Manifest::parse(&format!("{base}[placement]\nregions = [\"eu-west\", \"us-east\"]\n")).unwrap();
+        assert_eq!(m.placement, ["eu-west", "us-east"]);
+        for bad in ["region = \"EU\"", "regions = []", "region = \"a\"\nregions = [\"b\"]", "zone = \"a\""] {
+            let e = Manifest::parse(&format!("{base}[placement]\n{bad}\n")).unwrap_err();
+            assert!(e.to_string().contains("placement") || e.to_string().contains("zone"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_manifest_without_placement_serializes_as_before() {
+        let m = Manifest::parse("name = \"a\"\nmain = \"a.js\"\n").unwrap();
+        assert!(!serde_json::to_string(&m).unwrap().contains("placement"));
     }
 
     #[test]

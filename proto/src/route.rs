@@ -2,9 +2,69 @@
 //! (or be `*`) and the path may end with `*`. `api.example.com/v1/*` matches
 //! `api.example.com/v1/users`; `*.example.com/*` matches every subdomain and path.
 //!
-//! Matching is pure string work on an already lower-cased host without port.
+//! Matching is pure string work on an already lower-cased host without port
+//! ([`normalize_host`]). A [`RouteIndex`] finds what answers a request, the same way on
+//! nodes and routers: the most specific matching pattern, then `NAME.localhost`.
 
+use std::collections::HashMap;
 use std::fmt;
+
+/// Functions by their routes and names; build it whole, then [`Self::resolve`].
+#[derive(Debug, Clone)]
+pub struct RouteIndex<T> {
+    by_name: HashMap<String, T>,
+    routes: Vec<(RoutePattern, T)>,
+}
+
+impl<T> Default for RouteIndex<T> {
+    fn default() -> Self {
+        Self { by_name: HashMap::new(), routes: Vec::new() }
+    }
+}
+
+impl<T: Clone> RouteIndex<T> {
+    /// An index over `(name, routes, value)` entries.
+    pub fn new<'a>(entries: impl IntoIterator<Item = (String, &'a [RoutePattern], T)>) -> Self {
+        let mut index = Self::default();
+        for (name, routes, value) in entries {
+            for route in routes {
+                index.routes.push((route.clone(), value.clone()));
+            }
+            index.by_name.insert(name, value);
+        }
+        index.routes.sort_by_key(|(route, _)| std::cmp::Reverse(route.specificity()));
+        index
+    }
+
+    /// What answers `host` (normalized) and `path`: the most specific route, then
+    /// `NAME.localhost`.
+    pub fn resolve(&self, host: &str, path: &str) -> Option<&T> {
+        if let Some((_, value)) = self.routes.iter().find(|(r, _)| r.matches(host, path)) {
+            return Some(value);
+        }
+        host.strip_suffix(".localhost").and_then(|name| self.by_name.get(name))
+    }
+
+    pub fn named(&self, name: &str) -> Option<&T> {
+        self.by_name.get(name)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.by_name.values()
+    }
+}
+
+/// The host of a request target or `Host` header: lower case, port and trailing dot removed.
+pub fn normalize_host(raw: &str) -> String {
+    let without_port = if raw.starts_with('[') {
+        raw.split(']').next().map(|h| format!("{h}]")).unwrap_or_default()
+    } else {
+        raw.rsplit_once(':')
+            .map_or(raw, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { raw })
+            .to_string()
+    };
+    without_port.trim_end_matches('.').to_ascii_lowercase()
+}
 
 /// A parsed, validated route pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]

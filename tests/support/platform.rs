@@ -18,6 +18,18 @@ pub struct ControlPlane {
     pub output: Arc<Mutex<String>>,
 }
 
+/// A command that starts the `tern` binary, behind `wrapper` (like `ip netns exec NS`) if any.
+pub fn tern_command(wrapper: &[String]) -> Command {
+    match wrapper.split_first() {
+        None => Command::new(env!("CARGO_BIN_EXE_tern")),
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(env!("CARGO_BIN_EXE_tern"));
+            cmd
+        }
+    }
+}
+
 impl ControlPlane {
     /// Starts on a free port.
     pub fn start(data: &Path) -> Self {
@@ -26,7 +38,12 @@ impl ControlPlane {
 
     /// Starts on `listen` (to come back on the same address after a stop).
     pub fn start_on(data: &Path, listen: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        Self::start_wrapped(&[], data, listen)
+    }
+
+    /// Starts behind `wrapper` (see [`tern_command`]) on `listen`.
+    pub fn start_wrapped(wrapper: &[String], data: &Path, listen: &str) -> Self {
+        let mut child = tern_command(wrapper)
             .args(["--log-format", "json", "control-plane", "--listen", listen, "--data"])
             .arg(data)
             .stdout(Stdio::piped())
@@ -82,6 +99,7 @@ pub struct Node {
     /// `host:port` of its HTTP listener.
     pub addr: String,
     args: Vec<String>,
+    wrapper: Vec<String>,
     pub output: Arc<Mutex<String>>,
     /// The thread collecting its stderr, done once the process has exited and all is read.
     reader: Option<std::thread::JoinHandle<()>>,
@@ -116,7 +134,12 @@ impl Node {
 
     /// Starts `tern node` with `args`; the error is what it printed when it did not come up.
     pub fn spawn(name: &str, args: Vec<String>) -> Result<Self, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        Self::spawn_wrapped(Vec::new(), name, args)
+    }
+
+    /// Starts `tern node` with `args` behind `wrapper` (see [`tern_command`]).
+    pub fn spawn_wrapped(wrapper: Vec<String>, name: &str, args: Vec<String>) -> Result<Self, String> {
+        let mut child = tern_command(&wrapper)
             .args(&args)
             .env("TERN_LOG", "info")
             .stdin(Stdio::null())
@@ -136,7 +159,7 @@ impl Node {
             }
         });
         match rx.recv_timeout(PATIENCE) {
-            Ok(addr) => Ok(Self { child, name: name.to_string(), addr, args, output, reader: Some(reader) }),
+            Ok(addr) => Ok(Self { child, name: name.to_string(), addr, args, wrapper, output, reader: Some(reader) }),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -153,7 +176,8 @@ impl Node {
     /// Stops it (SIGKILL) and starts it again with the same arguments.
     pub fn restart(&mut self) {
         self.stop();
-        *self = Self::spawn(&self.name.clone(), self.args.clone()).expect("tern node restarts");
+        *self = Self::spawn_wrapped(self.wrapper.clone(), &self.name.clone(), self.args.clone())
+            .expect("tern node restarts");
     }
 
     /// Waits for the node to exit and for everything it printed to be read; its exit status.
@@ -186,4 +210,47 @@ fn capture(stream: impl std::io::Read + Send + 'static) -> (Arc<Mutex<String>>, 
         }
     });
     (output, reader)
+}
+
+/// A running `tern router`.
+pub struct Router {
+    child: Child,
+    /// `host:port` it serves on.
+    pub addr: String,
+    pub output: Arc<Mutex<String>>,
+}
+
+impl Router {
+    /// `tern router ARGS` behind `wrapper` (see [`tern_command`]).
+    pub fn start_wrapped(wrapper: &[String], args: &[String]) -> Self {
+        let mut child = tern_command(wrapper)
+            .args(["--log-format", "json", "router"])
+            .args(args)
+            .env("TERN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tern router");
+        let (output, _) = capture(child.stderr.take().unwrap());
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("tern router did not start:\n{}", output.lock().unwrap())
+        });
+        let addr = first.strip_prefix("tern router: listening on http://").expect(&first).to_string();
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, addr, output }
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
