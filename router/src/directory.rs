@@ -3,7 +3,7 @@
 //! ([`Tracker`]s, kept across refreshes while a node keeps its address).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -60,10 +60,11 @@ pub struct RawFunction {
     pub placement: Vec<String>,
 }
 
-/// The nodes, each with its tracker, and the functions by route.
+/// The nodes, each with its tracker, and the functions by route. Requests read it; only a
+/// topology change writes it (trackers have locks of their own).
 #[derive(Default)]
 struct State {
-    nodes: Vec<(NodeEntry, Tracker)>,
+    nodes: Vec<(NodeEntry, Mutex<Tracker>)>,
     functions: RouteIndex<Arc<FunctionEntry>>,
     revision: Option<u64>,
 }
@@ -98,14 +99,14 @@ impl Directory {
             // Only liveness as the control plane sees it may differ; probes decide that.
             return;
         }
-        let mut old: HashMap<String, (NodeEntry, Tracker)> =
+        let mut old: HashMap<String, (NodeEntry, Mutex<Tracker>)> =
             std::mem::take(&mut state.nodes).into_iter().map(|(n, t)| (n.name.clone(), (n, t))).collect();
         for node in topology.nodes {
             let tracker = match old.remove(&node.name) {
                 Some((before, tracker)) if before.listen == node.listen => tracker,
                 _ => {
                     tracing::info!(node = %node.name, region = %node.region, listen = %node.listen, "node known");
-                    Tracker::default()
+                    Mutex::default()
                 }
             };
             state.nodes.push((node, tracker));
@@ -130,9 +131,9 @@ impl Directory {
     /// Updates the tracker of `node` (at `listen`; a node that moved meanwhile is left alone).
     pub fn track(&self, node: &str, listen: &str, event: impl FnOnce(&mut Tracker, Duration)) {
         let now = self.now();
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, tracker)) = state.nodes.iter_mut().find(|(n, _)| n.name == node && n.listen == listen) {
-            event(tracker, now);
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, tracker)) = state.nodes.iter().find(|(n, _)| n.name == node && n.listen == listen) {
+            event(&mut tracker.lock().unwrap_or_else(|p| p.into_inner()), now);
         }
     }
 
@@ -147,10 +148,13 @@ impl Directory {
     ) -> Result<Route, NoEligible> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         let function = state.functions.resolve(host, path).cloned();
+        let trackers: Vec<Tracker> =
+            state.nodes.iter().map(|(_, t)| t.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
         let views: Vec<NodeView> = state
             .nodes
             .iter()
-            .map(|(n, tracker)| NodeView {
+            .zip(&trackers)
+            .map(|((n, _), tracker)| NodeView {
                 name: &n.name,
                 region: &n.region,
                 location: Location::new(n.location.0, n.location.1),
@@ -174,6 +178,7 @@ impl Directory {
             .nodes
             .iter()
             .map(|(n, t)| {
+                let t = t.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 serde_json::json!({ "name": n.name, "region": n.region, "listen": n.listen, "health": t.health(),
                     "rtt_ms": t.rtt().map(|r| r.as_secs_f64() * 1000.0), "load": t.load() })
             })
@@ -182,7 +187,7 @@ impl Directory {
     }
 }
 
-fn same_nodes(known: &[(NodeEntry, Tracker)], listed: &[NodeEntry]) -> bool {
+fn same_nodes(known: &[(NodeEntry, Mutex<Tracker>)], listed: &[NodeEntry]) -> bool {
     known.len() == listed.len() && known.iter().zip(listed).all(|((a, _), b)| a == b)
 }
 
