@@ -155,6 +155,10 @@ enum Command {
         /// its address (`x-forwarded-for`) and place (`request.cf`).
         #[arg(long = "trusted-proxy", value_name = "CIDR")]
         trusted_proxies: Vec<ipnet::IpNet>,
+        /// Requests in flight at which the node tells routers it is full (they send it
+        /// new requests only when every other node is full too).
+        #[arg(long, value_name = "N")]
+        max_in_flight: Option<u64>,
         #[command(flatten)]
         isolates: IsolateArgs,
     },
@@ -192,6 +196,10 @@ enum Command {
         /// `cidr`, `location` and `country`).
         #[arg(long, value_name = "FILE")]
         networks: Option<PathBuf>,
+        /// Speak HTTP/2 (cleartext, prior knowledge) to nodes: every request to a node over
+        /// one multiplexed connection instead of a pooled connection per concurrent request.
+        #[arg(long)]
+        http2_to_nodes: bool,
     },
     /// Deploy a function project: upload it as a new version, make it active, and wait
     /// until every connected node serves it.
@@ -448,6 +456,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ca_certs,
             header_read_timeout,
             trusted_proxies,
+            max_in_flight,
             isolates,
         } => {
             let limits = tern_edge_node::ServerLimits { header_read_timeout, ..Default::default() };
@@ -466,6 +475,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 warm_pool,
                 limits,
                 trusted_proxies,
+                max_in_flight,
                 log_format,
             }))
         }
@@ -473,7 +483,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
             rt.block_on(up::run(up::UpOptions { paths, listen, data }))
         }
-        Command::Router { control_plane, join_token, listen, location, trusted, networks } => {
+        Command::Router { control_plane, join_token, listen, location, trusted, networks, http2_to_nodes } => {
             let rt = tokio::runtime::Builder::new_multi_thread().thread_name("tern-router").enable_all().build()?;
             rt.block_on(router::run(router::RouterOptions {
                 control_plane,
@@ -482,6 +492,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 location,
                 trusted,
                 networks,
+                http2_to_nodes,
             }))
         }
         Command::Deploy { path, wait, credentials } => rt.block_on(control::deploy(&path, wait.limit(), &credentials)),

@@ -32,6 +32,7 @@ pub struct NodeOptions {
     pub warm_pool: usize,
     pub limits: ServerLimits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub max_in_flight: Option<u64>,
     pub log_format: &'static str,
 }
 
@@ -40,7 +41,11 @@ pub async fn run(options: NodeOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create the data directory {}", data.display()))?;
     let backend =
         crate::serve::backend(&options.isolates, &options.ca_certs, options.warm_pool, options.log_format).await?;
-    let edge = EdgeIdentity { colo: Some(options.region.clone()), trusted_proxies: options.trusted_proxies.clone() };
+    let edge = EdgeIdentity {
+        colo: Some(options.region.clone()),
+        trusted_proxies: options.trusted_proxies.clone(),
+        capacity: options.max_in_flight,
+    };
     let node = Arc::new(EdgeNode::new(backend, ErrorDetail::Hide, options.limits).with_edge(edge));
     let listener =
         std::net::TcpListener::bind(options.listen).with_context(|| format!("cannot listen on {}", options.listen))?;

@@ -14,6 +14,7 @@ pub struct RouterOptions {
     pub location: Location,
     pub trusted: Vec<ipnet::IpNet>,
     pub networks: Option<PathBuf>,
+    pub http2_to_nodes: bool,
 }
 
 pub async fn run(options: RouterOptions) -> anyhow::Result<()> {
@@ -33,6 +34,7 @@ pub async fn run(options: RouterOptions) -> anyhow::Result<()> {
         token: options.token,
         location: options.location,
         locator: Locator::new(options.trusted, networks),
+        http2_to_nodes: options.http2_to_nodes,
     };
     tokio::select! {
         _ = tern_router::run(config, listener) => {}

@@ -23,6 +23,8 @@ pub struct EdgeIdentity {
     /// The node's region, as `request.cf.colo`.
     pub colo: Option<String>,
     pub trusted_proxies: Vec<IpNet>,
+    /// Requests it takes at once before it tells routers it is full; `None`: no limit.
+    pub capacity: Option<u64>,
 }
 
 impl EdgeIdentity {
@@ -67,7 +69,11 @@ mod tests {
 
     #[test]
     fn a_trusted_router_names_the_client_and_its_place() {
-        let edge = EdgeIdentity { colo: Some("eu-west".into()), trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()] };
+        let edge = EdgeIdentity {
+            colo: Some("eu-west".into()),
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            capacity: None,
+        };
         let h = headers(&[
             (CONNECTING_IP_HEADER, "198.51.100.7"),
             (CF_HEADER, r#"{"country":"NL","latitude":52.37,"longitude":4.9,"asn":"x","colo":"fake"}"#),
@@ -80,7 +86,7 @@ mod tests {
 
     #[test]
     fn anyone_else_is_who_the_socket_says() {
-        let edge = EdgeIdentity { colo: None, trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()] };
+        let edge = EdgeIdentity { colo: None, trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()], capacity: None };
         let h = headers(&[(CONNECTING_IP_HEADER, "1.2.3.4"), (CF_HEADER, r#"{"country":"NL"}"#)]);
         let (client, cf) = edge.client("192.0.2.1".parse().unwrap(), &h);
         assert_eq!(client, "192.0.2.1".parse::<IpAddr>().unwrap());

@@ -132,9 +132,10 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
 /// no function's route can claim it.
 pub const PROBE_HOST: &str = "node.tern.invalid";
 
-/// A router's probe: how busy the node is and whether it is stopping.
+/// A router's probe: how busy the node is, how much it takes, and whether it is stopping.
 fn health(node: &EdgeNode) -> Response<NodeBody> {
-    let body = format!(r#"{{"in_flight":{},"draining":{}}}"#, node.in_flight(), node.draining());
+    let capacity = node.edge().capacity.map_or_else(|| "null".to_string(), |c| c.to_string());
+    let body = format!(r#"{{"in_flight":{},"capacity":{capacity},"draining":{}}}"#, node.in_flight(), node.draining());
     let mut response =
         Response::new(http_body_util::Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
     response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));

@@ -3,7 +3,8 @@
 //! Owns the latency model ([`geo`]), what it knows of each node ([`health`]), the choice
 //! ([`select`]) and the retry budget ([`budget`]), all pure and tested on a virtual clock;
 //! where clients are ([`client`]); the topology from the control plane ([`directory`]);
-//! active probes ([`probe`]); and the HTTP proxy with failover ([`proxy`]). Never links the
+//! active probes ([`probe`]); the HTTP proxy with failover ([`proxy`]) and its connections
+//! to nodes ([`upstream`]). Never links the
 //! JS engine.
 
 pub mod budget;
@@ -14,6 +15,7 @@ pub mod health;
 pub mod probe;
 pub mod proxy;
 pub mod select;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -37,6 +39,8 @@ pub struct RouterConfig {
     pub token: String,
     pub location: Location,
     pub locator: Locator,
+    /// HTTP/2 (h2c) to nodes instead of pooled HTTP/1.1 connections.
+    pub http2_to_nodes: bool,
 }
 
 /// Routes requests arriving on `listener` until the process ends.
@@ -44,7 +48,7 @@ pub async fn run(config: RouterConfig, listener: tokio::net::TcpListener) {
     let directory = Arc::new(Directory::new(config.location));
     tokio::spawn(directory::follow(directory.clone(), config.control_plane, config.token));
     tokio::spawn(probe::run(directory.clone()));
-    let proxy = Arc::new(Proxy::new(directory.clone(), config.locator));
+    let proxy = Arc::new(Proxy::new(directory.clone(), config.locator, config.http2_to_nodes));
     let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
     loop {
         let (stream, peer) = match listener.accept().await {

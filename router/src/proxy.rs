@@ -1,5 +1,6 @@
 //! The router's HTTP front: takes a request, asks the [`Directory`] for the nodes to try,
-//! and proxies to them over pooled HTTP/1.1 connections, streaming bodies both ways.
+//! and proxies to them over pooled HTTP/1.1 connections (or one HTTP/2 connection per
+//! node, `--http2-to-nodes`), streaming bodies both ways.
 //!
 //! - Adds `x-forwarded-for` (its peer's address appended to a trusted upstream's list, or
 //!   alone), `x-forwarded-proto`, `tern-connecting-ip` (the client, as the router
@@ -18,7 +19,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -26,13 +26,11 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use crate::budget::RetryBudget;
 use crate::client::{ClientPlace, Locator};
 use crate::directory::Directory;
+use crate::upstream::Upstream;
 
 pub type RouterBody = BoxBody<Bytes, hyper::Error>;
 
@@ -46,26 +44,19 @@ pub const REGION_HEADER: &str = "tern-region";
 pub const CF_HEADER: &str = "tern-cf";
 /// Request header naming the client's address to the node.
 pub const CONNECTING_IP_HEADER: &str = "tern-connecting-ip";
-/// How long a connection to a node may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct Proxy {
     directory: Arc<Directory>,
     locator: Locator,
-    client: Client<HttpConnector, Lent>,
+    upstream: Upstream,
     budget: Mutex<RetryBudget>,
 }
 
 impl Proxy {
-    pub fn new(directory: Arc<Directory>, locator: Locator) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
-        Self { directory, locator, client, budget: Mutex::default() }
+    /// `http2`: one multiplexed HTTP/2 (h2c) connection per node rather than a pool of
+    /// HTTP/1.1 ones.
+    pub fn new(directory: Arc<Directory>, locator: Locator, http2: bool) -> Self {
+        Self { directory, locator, upstream: Upstream::new(http2), budget: Mutex::default() }
     }
 
     /// Answers one client request.
@@ -104,14 +95,10 @@ impl Proxy {
             let mut request = Request::new(Lent(shared.clone()));
             *request.method_mut() = parts.method.clone();
             *request.headers_mut() = head.clone();
-            *request.uri_mut() = match format!("http://{}{}", node.listen, path_and_query(&parts.uri)).parse() {
-                Ok(uri) => uri,
-                Err(e) => {
-                    failures.push(format!("{}: bad address {:?}: {e}", node.name, node.listen));
-                    continue;
-                }
-            };
-            match self.client.request(request).await {
+            if let Ok(uri) = path_and_query(&parts.uri).parse() {
+                *request.uri_mut() = uri;
+            }
+            match self.upstream.send(&node.listen, &authority, request).await {
                 Ok(response) => {
                     self.directory.track(&node.name, &node.listen, |t, _| t.request_answered());
                     let (mut parts, body) = response.into_parts();
@@ -121,8 +108,7 @@ impl Proxy {
                     }
                     return Response::from_parts(parts, body.boxed());
                 }
-                Err(e) => {
-                    let why = describe(&e);
+                Err(why) => {
                     tracing::warn!(node = %node.name, attempt, "proxying failed: {why}");
                     self.directory.track(&node.name, &node.listen, |t, at| t.failed(at));
                     failures.push(format!("{}: {why}", node.name));
@@ -208,16 +194,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"] {
         headers.remove(name);
     }
-}
-
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 /// The router's own answer.
