@@ -223,6 +223,55 @@ async fn a_bundle_signed_by_another_control_plane_is_refused() {
     assert!(node.output().contains("signature is not valid"), "the node says why:\n{}", node.output());
 }
 
+/// `tern node` arguments for `name`, enrolling with `token`.
+fn node_args(cp: &ControlPlane, token: &str, name: &str, data: &Path) -> Vec<String> {
+    let data = data.join(name);
+    [
+        "node",
+        "--control-plane",
+        &cp.url,
+        "--join-token",
+        token,
+        "--name",
+        name,
+        "--region",
+        "eu-west",
+        "--location",
+        "0,0",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        data.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[tokio::test]
+async fn created_join_tokens_enrol_nodes_until_they_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let create = |ttl: &str| ok(cp.tern(&["token", "create", "--ttl", ttl])).trim().to_string();
+    let (lasting, brief) = (create("1h"), create("1s"));
+    assert_eq!(lasting.len(), 48, "{lasting}");
+    assert_ne!(lasting, brief);
+    let node = Node::spawn("fresh", node_args(&cp, &lasting, "fresh", dir.path())).expect("a valid token enrols");
+    // Expiry is checked against the control plane's clock.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut late = Node::spawn("late", node_args(&cp, &brief, "late", dir.path())).expect("it starts, then is refused");
+    assert!(!late.wait_exit().success());
+    let output = late.output();
+    assert!(output.contains("refused the enrolment (401)") && output.contains("expired"), "{output}");
+    let status = ok(cp.tern(&["status"]));
+    assert!(status.contains("fresh") && !status.contains("late"), "{status}");
+    // Tokens are not creatable without the admin token, and their life is bounded.
+    let refused = cp.tern_with_token(&["token", "create"], Some(&cp.join_token));
+    assert!(!refused.status.success());
+    let refused = cp.tern(&["token", "create", "--ttl", "31d"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("30 days"), "{refused:?}");
+    drop(node);
+}
+
 #[tokio::test]
 async fn a_node_with_a_wrong_join_token_is_refused_and_says_why() {
     let dir = tempfile::tempdir().unwrap();

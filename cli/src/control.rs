@@ -316,6 +316,15 @@ pub async fn secret_list(function: &str, credentials: &Credentials) -> anyhow::R
     Ok(())
 }
 
+/// `tern token create --ttl D`: the token on standard output, its expiry on standard error.
+pub async fn token_create(ttl: Duration, credentials: &Credentials) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "role": "join", "ttl_s": ttl.as_secs() }).to_string();
+    let answer = call(credentials, http::Method::POST, "/v1/tokens", &[], body.into()).await?;
+    println!("{}", answer["token"].as_str().unwrap_or_default());
+    eprintln!("join token, valid until {}", answer["expires"].as_str().unwrap_or_default());
+    Ok(())
+}
+
 pub struct Rollout {
     pub version: Option<String>,
     pub percent: u32,

@@ -48,7 +48,9 @@ mod tests {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("1.5s").is_err());
-        assert!(parse_duration("5m").is_err());
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("5y").is_err());
     }
 }
 
@@ -256,6 +258,11 @@ enum Command {
         #[command(flatten)]
         credentials: control::Credentials,
     },
+    /// Tokens for enrolling nodes.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// A function's secrets: sealed at rest, reaching the function as `env.NAME`.
     Secret {
         #[command(subcommand)]
@@ -287,6 +294,18 @@ enum SecretAction {
     /// List a function's secret names (never values).
     List {
         function: String,
+        #[command(flatten)]
+        credentials: control::Credentials,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a join token that expires; prints it (only this once) on standard output.
+    Create {
+        /// How long it lets nodes enrol, e.g. `1h`, `30m`, `7d` (at most 30 days).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
         #[command(flatten)]
         credentials: control::Credentials,
     },
@@ -349,12 +368,15 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text
         .find(|c: char| !c.is_ascii_digit())
         .map(|i| text.split_at(i))
-        .ok_or_else(|| format!("{text:?} needs a unit: ms or s"))?;
+        .ok_or_else(|| format!("{text:?} needs a unit: ms, s, m, h or d"))?;
     let n: u64 = number.parse().map_err(|_| format!("{text:?} must start with a whole number"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("{text:?}: unit must be ms or s")),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        "d" => Ok(Duration::from_secs(n * 86_400)),
+        _ => Err(format!("{text:?}: unit must be ms, s, m, h or d")),
     }
 }
 
@@ -502,6 +524,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Secret { action: SecretAction::Put { function, name, credentials } } => {
             rt.block_on(control::secret_put(&function, &name, &credentials))
+        }
+        Command::Token { action: TokenAction::Create { ttl, credentials } } => {
+            rt.block_on(control::token_create(ttl, &credentials))
         }
         Command::Secret { action: SecretAction::List { function, credentials } } => {
             rt.block_on(control::secret_list(&function, &credentials))

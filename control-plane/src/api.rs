@@ -11,6 +11,7 @@
 //! | `GET /v1/functions/{name}/secrets` | the names of its secrets (never values) |
 //! | `POST /v1/functions/{name}/rollout` | body `{"version": "3", "percent": 20, "header": "x-canary=1", "sticky": "x-user"}`: sends some requests to a candidate version; `percent` 0 with no `header` ends it |
 //! | `GET /v1/signing-key` | the Ed25519 public key bundles are signed with (hex) |
+//! | `POST /v1/tokens` | body `{"ttl_s": 3600}`: a join token that expires (at most 30 days); answers it once, the store keeps its hash |
 //! | `POST /v1/nodes` | with the join token (or the admin token): enrols a node, body `{"node": {name, region, location, listen}, "csr": PEM}`; answers its certificate, the CA certificate and the signing key |
 //! | `GET /v1/topology[?after=N]` | with the join token (or the admin token), for routers: every enrolled node (name, region, location, listen address, connected) and every function's routes and placement; with `after`, answers as soon as a revision newer than `N` commits, or after a second |
 //! | `GET /v1/status` | every function's active version, every node's applied revision, and how far the latest revision has spread |
@@ -41,6 +42,7 @@ use crate::deploy::{self, DeployError};
 use crate::fleet::{Fleet, progress};
 use crate::keys::Secrets;
 use crate::store::{Active, Commit, NodeRecord, Store, StoreError, Version};
+use crate::tokens::{self, TokenCheck, TokenRecord};
 use crate::vault::{Vault, check_secret};
 
 /// How long `GET /v1/topology?after=N` waits for a revision newer than `N`.
@@ -216,6 +218,10 @@ impl<S: Store> ControlPlane<S> {
             (Method::GET, ["v1", "functions"]) => Ok((StatusCode::OK, json!({ "functions": self.store.active()? }))),
             (Method::GET, ["v1", "functions", name, "versions"]) => self.versions(name),
             (Method::GET, ["v1", "status"]) => self.status(),
+            (Method::POST, ["v1", "tokens"]) => {
+                let body = read_body(req, 64 * 1024).await?;
+                self.create_token(&body)
+            }
             (Method::PUT, ["v1", "functions", name, "secrets", key]) => {
                 let (name, key) = (name.to_string(), key.to_string());
                 let body = read_body(req, 64 * 1024).await?;
@@ -259,12 +265,71 @@ impl<S: Store> ControlPlane<S> {
         self.authorize_with(req, |token| self.secrets.is_admin(token))
     }
 
-    /// Nodes enrol with the join token; the admin token will do too.
+    /// Nodes enrol (and routers read the topology) with the data directory's join token, a
+    /// created join token that has not expired, or the admin token.
     fn authorize_join(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
-        self.authorize_with(req, |token| self.secrets.is_join(token) || self.secrets.is_admin(token))
+        let mut expired = None;
+        let result = self.authorize_with(req, |token| {
+            if self.secrets.is_join(token) || self.secrets.is_admin(token) {
+                return true;
+            }
+            let record = self.store.token(&tokens::hash(token)).ok().flatten().filter(|r| r.role == "join");
+            match tokens::check(record.as_ref(), now_ms()) {
+                TokenCheck::Valid => true,
+                TokenCheck::Expired { at_ms } => {
+                    expired = Some(at_ms);
+                    false
+                }
+                TokenCheck::Unknown => false,
+            }
+        });
+        match (result, expired) {
+            (Err(_), Some(at_ms)) => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_expired",
+                format!(
+                    "this join token expired at {} ({} s ago); an admin creates a new one with `tern token create`",
+                    tokens::rfc3339(at_ms),
+                    now_ms().saturating_sub(at_ms) / 1000
+                ),
+            )),
+            (result, _) => result,
+        }
     }
 
-    fn authorize_with(&self, req: &Request<Incoming>, valid: impl Fn(&str) -> bool) -> Result<(), ApiError> {
+    /// Creates a join token: body `{"ttl_s": 3600}` (at most 30 days).
+    fn create_token(&self, body: &[u8]) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Request {
+            ttl_s: u64,
+            #[serde(default)]
+            role: Option<String>,
+        }
+        let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message);
+        let request: Request = serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))?;
+        if request.role.as_deref().is_some_and(|r| r != "join") {
+            return Err(bad("only join tokens can be created (role \"join\")".into()));
+        }
+        let ttl_ms = request.ttl_s.saturating_mul(1000);
+        if ttl_ms == 0 || ttl_ms > tokens::MAX_TTL_MS {
+            return Err(bad(format!("ttl_s must be from 1 to {} (30 days)", tokens::MAX_TTL_MS / 1000)));
+        }
+        let token =
+            tokens::generate().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no_randomness", e))?;
+        let now = now_ms();
+        let record =
+            TokenRecord { hash: tokens::hash(&token), role: "join".into(), created_ms: now, expires_ms: now + ttl_ms };
+        self.store.put_token(&record)?;
+        tracing::info!(role = "join", expires = %tokens::rfc3339(record.expires_ms), "token created");
+        Ok((
+            StatusCode::CREATED,
+            json!({ "token": token, "role": "join", "expires_ms": record.expires_ms,
+                "expires": tokens::rfc3339(record.expires_ms) }),
+        ))
+    }
+
+    fn authorize_with(&self, req: &Request<Incoming>, mut valid: impl FnMut(&str) -> bool) -> Result<(), ApiError> {
         let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let token = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
         match token {

@@ -4,7 +4,8 @@
 //!
 //! Owns the state ([`store`]: an embedded single-file store by default) and the pure
 //! decisions about it ([`deploy`]: version numbering, route conflicts, rollback targets),
-//! the data directory's secrets ([`keys`]: the signing key and the tokens; [`vault`]: the
+//! the data directory's secrets ([`keys`]: the signing key and the tokens; [`tokens`]: join
+//! tokens that expire; [`vault`]: the
 //! key that seals functions' secrets at rest), the certificate
 //! authority of the distribution channel ([`ca`]), the API ([`api`]), the distribution
 //! endpoint nodes subscribe to over QUIC ([`distribute`]) and what it knows of connected
@@ -17,4 +18,5 @@ pub mod distribute;
 pub mod fleet;
 pub mod keys;
 pub mod store;
+pub mod tokens;
 pub mod vault;

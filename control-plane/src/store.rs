@@ -1,8 +1,8 @@
 //! Where the control plane's state lives, behind one trait: bundles by id, every version of
 //! every function, which version each function runs, and the revisioned log of changes that
 //! nodes follow. [`EmbeddedStore`] keeps it in one file under the data directory (redb,
-//! crash-safe transactions); an etcd store implements the same trait for replicas that
-//! share state.
+//! crash-safe transactions). The trait is the seam for a shared store (etcd, for replicas),
+//! which is not built yet.
 //!
 //! A change is decided inside the store's write transaction ([`Store::commit`] takes the
 //! check as a closure over the current state), so two deploys racing for the same route
@@ -12,6 +12,8 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+
+use crate::tokens::TokenRecord;
 
 /// Bundle wire bytes by bundle id (hex).
 const BUNDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("bundles");
@@ -25,6 +27,8 @@ const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 /// Enrolled nodes (JSON), by name.
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// Created tokens by the hex SHA-256 of the token: JSON [`TokenRecord`]s.
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 
 /// A node enrolled with the control plane.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,6 +124,10 @@ pub trait Store: Send + Sync + 'static {
     fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
     /// Every enrolled node, by name.
     fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// Records a created token.
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    /// The created token whose SHA-256 (hex) is `hash`.
+    fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Applies `commit` if `check` passes over the current state; returns the new revision.
     fn commit<E: From<StoreError>>(&self, commit: Commit, check: Check<'_, E>) -> Result<u64, E>
     where
@@ -161,6 +169,7 @@ impl EmbeddedStore {
         txn.open_table(CHANGES).map_err(backend)?;
         txn.open_table(NODES).map_err(backend)?;
         txn.open_table(SECRETS).map_err(backend)?;
+        txn.open_table(TOKENS).map_err(backend)?;
         txn.commit().map_err(backend)?;
         Ok(Self { db })
     }
@@ -250,6 +259,21 @@ impl Store for EmbeddedStore {
             out.push(decode(value.value())?);
         }
         Ok(out)
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        txn.open_table(TOKENS)
+            .map_err(backend)?
+            .insert(token.hash.as_str(), encode(token).as_slice())
+            .map_err(backend)?;
+        txn.commit().map_err(backend)
+    }
+
+    fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(TOKENS).map_err(backend)?;
+        table.get(hash).map_err(backend)?.map(|v| decode(v.value())).transpose()
     }
 
     fn commit<E: From<StoreError>>(&self, commit: Commit, check: Check<'_, E>) -> Result<u64, E> {
