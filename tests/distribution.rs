@@ -276,25 +276,7 @@ async fn created_join_tokens_enrol_nodes_until_they_expire() {
 async fn a_node_with_a_wrong_join_token_is_refused_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(&dir.path().join("cp"));
-    let args: Vec<String> = [
-        "node",
-        "--control-plane",
-        &cp.url,
-        "--join-token",
-        "not-the-token",
-        "--name",
-        "intruder",
-        "--region",
-        "eu-west",
-        "--location",
-        "0,0",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        dir.path().join("n").to_str().unwrap(),
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = node_args(&cp, "not-the-token", "intruder", dir.path());
     let mut node = Node::spawn("intruder", args).expect("it serves (nothing) until the refusal");
     assert!(!node.wait_exit().success());
     let output = node.output();

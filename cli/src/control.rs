@@ -365,21 +365,9 @@ pub async fn rollout(
     follow(&answer, wait, credentials).await
 }
 
-/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS`.
+/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
 fn format_ms(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rest / 3600, rest % 3600 / 60, rest % 60)
+    tern_control_plane::clock::rfc3339(ms).replace('T', " ").trim_end_matches('Z').to_string()
 }
 
 #[cfg(test)]

@@ -22,7 +22,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -97,9 +96,7 @@ impl From<DeployError> for ApiError {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use crate::clock::now_ms;
 
 fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string() + "\n")));
@@ -289,7 +286,7 @@ impl<S: Store> ControlPlane<S> {
                 "token_expired",
                 format!(
                     "this join token expired at {} ({} s ago); an admin creates a new one with `tern token create`",
-                    tokens::rfc3339(at_ms),
+                    crate::clock::rfc3339(at_ms),
                     now_ms().saturating_sub(at_ms) / 1000
                 ),
             )),
@@ -321,11 +318,11 @@ impl<S: Store> ControlPlane<S> {
         let record =
             TokenRecord { hash: tokens::hash(&token), role: "join".into(), created_ms: now, expires_ms: now + ttl_ms };
         self.store.put_token(&record)?;
-        tracing::info!(role = "join", expires = %tokens::rfc3339(record.expires_ms), "token created");
+        tracing::info!(role = "join", expires = %crate::clock::rfc3339(record.expires_ms), "token created");
         Ok((
             StatusCode::CREATED,
             json!({ "token": token, "role": "join", "expires_ms": record.expires_ms,
-                "expires": tokens::rfc3339(record.expires_ms) }),
+                "expires": crate::clock::rfc3339(record.expires_ms) }),
         ))
     }
 
@@ -518,17 +515,29 @@ impl<S: Store> ControlPlane<S> {
         Ok(serde_json::to_value(progress).expect("progress serializes"))
     }
 
-    fn status(&self) -> Result<(StatusCode, serde_json::Value), ApiError> {
-        let revision = self.store.revision()?;
-        let live = self.fleet.snapshot();
-        let changes = self.store.changes_since(0)?;
-        let nodes: Vec<serde_json::Value> = self
+    /// Every enrolled node as it last described itself, with what this control plane knows
+    /// of its connection.
+    fn enrolled(&self) -> Result<Vec<(NodeInfo, Option<crate::fleet::NodeLive>)>, ApiError> {
+        let mut live = self.fleet.snapshot();
+        Ok(self
             .store
             .nodes()?
             .into_iter()
             .map(|record| {
-                let node = live.get(&record.info.name);
-                let info = node.and_then(|n| n.info.clone()).unwrap_or(record.info);
+                let node = live.remove(&record.info.name);
+                (node.as_ref().and_then(|n| n.info.clone()).unwrap_or(record.info), node)
+            })
+            .collect())
+    }
+
+    fn status(&self) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        let revision = self.store.revision()?;
+        let changes = self.store.changes_since(0)?;
+        let nodes: Vec<serde_json::Value> = self
+            .enrolled()?
+            .into_iter()
+            .map(|(info, node)| {
+                let node = node.as_ref();
                 let applied = node.map(|n| n.applied);
                 let versions = applied.map(|r| crate::fleet::versions_at(&changes, r));
                 json!({ "name": info.name, "region": info.region, "location": info.location, "listen": info.listen,
@@ -546,16 +555,12 @@ impl<S: Store> ControlPlane<S> {
     /// What a router needs: every enrolled node (where it is and how to reach it) and every
     /// function's routes and placement.
     fn topology(&self) -> Result<(StatusCode, serde_json::Value), ApiError> {
-        let live = self.fleet.snapshot();
         let nodes: Vec<serde_json::Value> = self
-            .store
-            .nodes()?
+            .enrolled()?
             .into_iter()
-            .map(|record| {
-                let node = live.get(&record.info.name);
-                let info = node.and_then(|n| n.info.clone()).unwrap_or(record.info);
+            .map(|(info, node)| {
                 json!({ "name": info.name, "region": info.region, "location": info.location, "listen": info.listen,
-                    "connected": node.is_some_and(|n| n.connected) })
+                    "connected": node.as_ref().is_some_and(|n| n.connected) })
             })
             .collect();
         let functions: Vec<serde_json::Value> = self

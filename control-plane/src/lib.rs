@@ -4,7 +4,7 @@
 //!
 //! Owns the state ([`store`]: an embedded single-file store by default) and the pure
 //! decisions about it ([`deploy`]: version numbering, route conflicts, rollback targets),
-//! the data directory's secrets ([`keys`]: the signing key and the tokens; [`tokens`]: join
+//! wall-clock times ([`clock`]), the data directory's secrets ([`keys`]: the signing key and the tokens; [`tokens`]: join
 //! tokens that expire; [`vault`]: the
 //! key that seals functions' secrets at rest), the certificate
 //! authority of the distribution channel ([`ca`]), the API ([`api`]), the distribution
@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod ca;
+pub mod clock;
 pub mod deploy;
 pub mod distribute;
 pub mod fleet;
