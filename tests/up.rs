@@ -8,11 +8,21 @@ use std::process::{Command, Stdio};
 
 use support::*;
 
+/// Kills `tern up` (and so, through the kernel, its children) if the test fails first.
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tern_up_serves_the_projects_through_its_router_and_stops_cleanly() {
     let data = tempfile::tempdir().unwrap();
     let hello = repo_root().join("examples/hello");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+    let child = Command::new(env!("CARGO_BIN_EXE_tern"))
         .arg("up")
         .arg(&hello)
         .args(["--listen", "127.0.0.1:0", "--data"])
@@ -22,6 +32,8 @@ async fn tern_up_serves_the_projects_through_its_router_and_stops_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start tern up");
+    let mut up = Up(child);
+    let child = &mut up.0;
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -35,8 +47,9 @@ async fn tern_up_serves_the_projects_through_its_router_and_stops_cleanly() {
             Ok(line) => printed.push(line),
             Err(_) => {
                 let _ = child.kill();
-                let output = child.wait_with_output().unwrap();
-                panic!("tern up did not come up:\n{}\n{}", printed.join("\n"), String::from_utf8_lossy(&output.stderr));
+                let mut stderr = String::new();
+                let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr);
+                panic!("tern up did not come up:\n{}\n{stderr}", printed.join("\n"));
             }
         }
     }
