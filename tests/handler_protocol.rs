@@ -298,3 +298,31 @@ async fn two_hundred_concurrent_requests_interleave_in_one_isolate() {
     // Requests overlapped inside the one isolate rather than queueing one by one.
     assert!(peak > 1, "peak concurrency inside the isolate was {peak}");
 }
+
+#[tokio::test]
+async fn bug_a_client_cannot_forge_request_cf_or_the_routers_headers() {
+    let p = Project::new(
+        "cf",
+        &[(
+            "index.js",
+            r#"export default { fetch(request) {
+                return Response.json({ cf: request.cf, frozen: Object.isFrozen(request.cf),
+                    header: request.headers.get("tern-cf"), ip: request.headers.get("cf-connecting-ip") });
+            } };"#,
+        )],
+    );
+    let tern = Tern::dev(&[p.path()]);
+    let req = tern
+        .request("GET", "cf.localhost", "/")
+        .header("tern-cf", r#"{"country":"XX"}"#)
+        .header("tern-connecting-ip", "203.0.113.9")
+        .body(empty())
+        .unwrap();
+    let a = send(&http1(), req).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let j = a.json();
+    assert_eq!(j["cf"], serde_json::json!({}), "tern dev trusts no router");
+    assert_eq!(j["frozen"], true);
+    assert_eq!(j["header"], serde_json::Value::Null);
+    assert_eq!(j["ip"], "127.0.0.1");
+}

@@ -13,9 +13,7 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use ipnet::IpNet;
 
-pub use tern_js_api::exchange::CF_HEADER;
-/// The client's address, as a trusted router determined it.
-pub const CONNECTING_IP_HEADER: &str = "tern-connecting-ip";
+pub use tern_proto::forwarding::{CF_HEADER, CONNECTING_IP_HEADER};
 
 /// What the node says about itself and whom it trusts.
 #[derive(Debug, Clone, Default)]
@@ -32,8 +30,9 @@ impl EdgeIdentity {
         self.trusted_proxies.iter().any(|n| n.contains(&peer.to_canonical()))
     }
 
-    /// The client's address, and the `tern-cf` value to hand the function.
-    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> (IpAddr, String) {
+    /// The client's address, and the `tern-cf` value to hand the function (none when there
+    /// is nothing to say, as under `tern dev`: no header to write, nothing to parse).
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> (IpAddr, Option<String>) {
         let peer = peer.to_canonical();
         let trusted = self.trusts(peer);
         let forwarded = headers
@@ -55,7 +54,8 @@ impl EdgeIdentity {
         if let Some(colo) = &self.colo {
             cf.insert("colo".into(), colo.clone().into());
         }
-        (client.to_canonical(), serde_json::Value::Object(cf).to_string())
+        let cf = (!cf.is_empty()).then(|| serde_json::Value::Object(cf).to_string());
+        (client.to_canonical(), cf)
     }
 }
 
@@ -80,7 +80,7 @@ mod tests {
         ]);
         let (client, cf) = edge.client("10.1.1.1".parse().unwrap(), &h);
         assert_eq!(client, "198.51.100.7".parse::<IpAddr>().unwrap());
-        let cf: serde_json::Value = serde_json::from_str(&cf).unwrap();
+        let cf: serde_json::Value = serde_json::from_str(&cf.unwrap()).unwrap();
         assert_eq!(cf, serde_json::json!({"country": "NL", "latitude": 52.37, "longitude": 4.9, "colo": "eu-west"}));
     }
 
@@ -90,6 +90,6 @@ mod tests {
         let h = headers(&[(CONNECTING_IP_HEADER, "1.2.3.4"), (CF_HEADER, r#"{"country":"NL"}"#)]);
         let (client, cf) = edge.client("192.0.2.1".parse().unwrap(), &h);
         assert_eq!(client, "192.0.2.1".parse::<IpAddr>().unwrap());
-        assert_eq!(cf, "{}");
+        assert_eq!(cf, None);
     }
 }

@@ -128,9 +128,7 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Host of the probes routers send (`GET /health`); `.invalid` is reserved (RFC 2606), so
-/// no function's route can claim it.
-pub const PROBE_HOST: &str = "node.tern.invalid";
+pub use tern_proto::forwarding::PROBE_HOST;
 
 /// A router's probe: how busy the node is, how much it takes, and whether it is stopping.
 fn health(node: &EdgeNode) -> Response<NodeBody> {
@@ -198,9 +196,11 @@ async fn exchange(node: &EdgeNode, req: Request<Incoming>, remote: SocketAddr, i
     req.headers_mut().insert(CONNECTING_IP, client);
     req.headers_mut().remove(crate::forwarded::CONNECTING_IP_HEADER);
     // `request.cf`, as the node vouches for it (the runtime takes the header off again).
-    if let Ok(cf) = http::HeaderValue::try_from(cf) {
-        req.headers_mut().insert(crate::forwarded::CF_HEADER, cf);
-    }
+    // A client's own `tern-cf` never reaches the function.
+    match cf.map(http::HeaderValue::try_from) {
+        Some(Ok(cf)) => req.headers_mut().insert(crate::forwarded::CF_HEADER, cf),
+        _ => req.headers_mut().remove(crate::forwarded::CF_HEADER),
+    };
     let deadline = tokio::time::Instant::now() + limits.wall_per_request;
     let (reply, answer) = oneshot::channel();
     let max_body = usize::try_from(limits.request_body_bytes).unwrap_or(usize::MAX);

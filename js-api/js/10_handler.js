@@ -95,6 +95,9 @@ export function installHandlerProtocol({ streams, request, response, body, repor
     return ctx;
   }
 
+  // `request.cf` when the node knows nothing of the client (as under `tern dev`).
+  const NO_CF = ObjectFreeze({});
+
   function makeRequest(id, method, url, headerList, hasBody, cf) {
     let inner = null;
     if (hasBody) {
@@ -110,7 +113,7 @@ export function installHandlerProtocol({ streams, request, response, body, repor
     const req = fromInnerRequest(newInnerRequest(method, url, () => headerList, inner, false), "immutable");
     // `request.cf` as on Workers: what the node knows of the client (country, latitude,
     // longitude, colo), read-only.
-    ObjectDefineProperty(req, "cf", { value: ObjectFreeze(JSONParse(cf ?? "{}")), enumerable: true });
+    ObjectDefineProperty(req, "cf", { value: cf === null ? NO_CF : ObjectFreeze(JSONParse(cf)), enumerable: true });
     return req;
   }
 

@@ -19,6 +19,7 @@ use deno_core::convert::Uint8Array;
 use deno_core::{OpState, op2};
 use deno_error::JsErrorBox;
 use http_body::{Body, Frame, SizeHint};
+use tern_proto::forwarding::CF_HEADER;
 use tokio::sync::{mpsc, oneshot};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -364,9 +365,6 @@ enum ResponseBodyInit {
     Full(Option<Bytes>),
     Stream,
 }
-
-/// The header through which the node hands a request its `request.cf`.
-pub const CF_HEADER: &str = "tern-cf";
 
 /// Waits for the next request. Resolves to `null` when the isolate should stop taking work.
 /// Returns `[id, method, url, headers, hasBody, cf]`: `cf` is the JSON the node put in the

@@ -8,6 +8,7 @@
 
 pub mod bundle;
 pub mod distribution;
+pub mod forwarding;
 pub mod limits;
 pub mod manifest;
 pub mod rollout;

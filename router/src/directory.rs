@@ -64,7 +64,7 @@ pub struct RawFunction {
 /// topology change writes it (trackers have locks of their own).
 #[derive(Default)]
 struct State {
-    nodes: Vec<(NodeEntry, Mutex<Tracker>)>,
+    nodes: Vec<(Arc<NodeEntry>, Mutex<Tracker>)>,
     functions: RouteIndex<Arc<FunctionEntry>>,
     revision: Option<u64>,
 }
@@ -73,7 +73,7 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub function: Option<Arc<FunctionEntry>>,
-    pub nodes: Vec<NodeEntry>,
+    pub nodes: Vec<Arc<NodeEntry>>,
 }
 
 pub struct Directory {
@@ -96,10 +96,9 @@ impl Directory {
     pub fn update(&self, topology: Topology) {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         if state.revision == Some(topology.revision) && same_nodes(&state.nodes, &topology.nodes) {
-            // Only liveness as the control plane sees it may differ; probes decide that.
             return;
         }
-        let mut old: HashMap<String, (NodeEntry, Mutex<Tracker>)> =
+        let mut old: HashMap<String, (Arc<NodeEntry>, Mutex<Tracker>)> =
             std::mem::take(&mut state.nodes).into_iter().map(|(n, t)| (n.name.clone(), (n, t))).collect();
         for node in topology.nodes {
             let tracker = match old.remove(&node.name) {
@@ -109,7 +108,7 @@ impl Directory {
                     Mutex::default()
                 }
             };
-            state.nodes.push((node, tracker));
+            state.nodes.push((Arc::new(node), tracker));
         }
         for name in old.keys() {
             tracing::info!(node = %name, "node gone");
@@ -124,7 +123,7 @@ impl Directory {
     }
 
     /// The nodes to probe: name and address.
-    pub fn nodes(&self) -> Vec<NodeEntry> {
+    pub fn nodes(&self) -> Vec<Arc<NodeEntry>> {
         self.state.read().unwrap_or_else(|p| p.into_inner()).nodes.iter().map(|(n, _)| n.clone()).collect()
     }
 
@@ -168,7 +167,7 @@ impl Directory {
             region,
         };
         let order = select::choose(&views, &ask, &self.policy)?;
-        Ok(Route { function, nodes: order.into_iter().map(|i| state.nodes[i].0.clone()).collect() })
+        Ok(Route { function, nodes: order.into_iter().map(|i| Arc::clone(&state.nodes[i].0)).collect() })
     }
 
     /// Every node with what the router knows of it, for the router's status page.
@@ -187,8 +186,8 @@ impl Directory {
     }
 }
 
-fn same_nodes(known: &[(NodeEntry, Mutex<Tracker>)], listed: &[NodeEntry]) -> bool {
-    known.len() == listed.len() && known.iter().zip(listed).all(|((a, _), b)| a == b)
+fn same_nodes(known: &[(Arc<NodeEntry>, Mutex<Tracker>)], listed: &[NodeEntry]) -> bool {
+    known.len() == listed.len() && known.iter().zip(listed).all(|((a, _), b)| **a == *b)
 }
 
 /// Keeps `directory` up to date with the control plane at `control_plane` (`http://host:port`)

@@ -18,8 +18,7 @@ use crate::health::Load;
 
 pub const INTERVAL: Duration = Duration::from_millis(250);
 pub const TIMEOUT: Duration = Duration::from_secs(1);
-/// The host probes are addressed to (the node answers it itself; `.invalid` is reserved).
-pub const PROBE_HOST: &str = "node.tern.invalid";
+pub use tern_proto::forwarding::PROBE_HOST;
 
 type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
 

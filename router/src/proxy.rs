@@ -40,10 +40,7 @@ pub const TERN_NODE: &str = "tern-node";
 pub const TERN_ERROR: &str = "tern-error";
 /// Request header asking for a region (debugging; placement still holds).
 pub const REGION_HEADER: &str = "tern-region";
-/// Request header carrying `request.cf` to the node.
-pub const CF_HEADER: &str = "tern-cf";
-/// Request header naming the client's address to the node.
-pub const CONNECTING_IP_HEADER: &str = "tern-connecting-ip";
+pub use tern_proto::forwarding::{CF_HEADER, CONNECTING_IP_HEADER};
 
 pub struct Proxy {
     directory: Arc<Directory>,
