@@ -15,7 +15,9 @@ cargo build --release --locked -p tern
 cargo bench --locked -p tern-router --bench decision
 T=target/release/tern
 dir=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
+# start() runs in command substitutions (subshells), so its processes are not this shell's
+# jobs: their pids go to a file, and the exit trap stops them.
+trap 'kill $(cat "$dir/pids" 2>/dev/null) 2>/dev/null || true; rm -rf "$dir"' EXIT
 
 # Starts `tern ARGS` in the background, stdout to $dir/NAME.out; waits for a line with PREFIX
 # and prints what follows it.
@@ -23,6 +25,7 @@ start() {
   local name=$1 prefix=$2
   shift 2
   "$T" --log-format json "$@" >"$dir/$name.out" 2>"$dir/$name.log" &
+  echo $! >>"$dir/pids"
   for _ in $(seq 1 300); do
     if line=$(grep -m1 "^$prefix" "$dir/$name.out" 2>/dev/null); then
       echo "${line#"$prefix"}"
