@@ -5,9 +5,12 @@
 # the build never reaches for the network. wrk is for the benchmarks. clang, lld, wasi-libc and
 # libclang-rt-14-dev-wasm32 build the C WebAssembly example (examples/wasm-c) for wasm32-wasi.
 # iproute2 builds the router tests' network namespaces; python3 serves their echo check.
+# etcd-server and etcd-client (etcdctl) are the real etcd the control plane tests run against;
+# protobuf-compiler (protoc) builds the etcd client crate's gRPC code.
 set -euo pipefail
 
-packages=(cmake libsimde-dev wrk curl clang lld wasi-libc libclang-rt-14-dev-wasm32 iproute2 python3)
+packages=(cmake libsimde-dev wrk curl clang lld wasi-libc libclang-rt-14-dev-wasm32 iproute2 python3
+  etcd-server etcd-client protobuf-compiler)
 # npm installs the framework fixtures (Hono, itty-router) for the tests.
 command -v npm >/dev/null || packages+=(nodejs npm)
 missing=()

@@ -1,6 +1,9 @@
 //! Distribution through the real binary: a `tern control-plane` and `tern node`s on
 //! loopback, each its own process, the nodes enrolled with the join token and subscribed
 //! over QUIC with mutual TLS. What a node serves is checked by asking it over HTTP.
+//!
+//! Every scenario runs twice: with the control plane's embedded store (module `embedded`)
+//! and with its state in a real etcd started for the test (module `etcd`).
 
 mod support;
 
@@ -8,7 +11,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Instant;
 
-use support::platform::{ControlPlane, Node};
+use support::platform::{Backend, ControlPlane, Node};
 use support::*;
 
 fn ok(output: Output) -> String {
@@ -55,8 +58,8 @@ async fn eventually_serves(node: &Node, host: &str, want: &str) {
 }
 
 /// A control plane and nodes a, b, c, each with its own data directory under `dir`.
-fn platform(dir: &Path) -> (ControlPlane, Vec<Node>) {
-    let cp = ControlPlane::start(&dir.join("cp"));
+fn platform(dir: &Path, backend: Backend) -> (ControlPlane, Vec<Node>) {
+    let cp = ControlPlane::start_in(&dir.join("cp"), backend);
     let nodes = [("a", "eu-west"), ("b", "us-east"), ("c", "ap-south")]
         .map(|(name, region)| Node::start(&cp, name, region, &dir.join(name)))
         .into_iter()
@@ -80,10 +83,9 @@ async fn all_connected(cp: &ControlPlane, nodes: &[&Node]) {
     }
 }
 
-#[tokio::test]
-async fn a_deploy_is_live_on_every_node_when_tern_deploy_returns_and_updates_and_rollbacks_follow() {
+async fn a_deploy_is_live_on_every_node_when_tern_deploy_returns_and_updates_and_rollbacks_follow(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (cp, nodes) = platform(dir.path());
+    let (cp, nodes) = platform(dir.path(), backend);
     all_connected(&cp, &nodes.iter().collect::<Vec<_>>()).await;
     let shop = project("shop", "one", "\"shop.example.com/*\"");
     let path = shop.path().to_str().unwrap();
@@ -119,10 +121,9 @@ async fn a_deploy_is_live_on_every_node_when_tern_deploy_returns_and_updates_and
     assert!(status.contains("live on 3 connected nodes in "), "{status}");
 }
 
-#[tokio::test]
-async fn a_node_that_was_down_during_a_deploy_catches_up_when_it_returns() {
+async fn a_node_that_was_down_during_a_deploy_catches_up_when_it_returns(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (cp, mut nodes) = platform(dir.path());
+    let (cp, mut nodes) = platform(dir.path(), backend);
     all_connected(&cp, &nodes.iter().collect::<Vec<_>>()).await;
     let api = project("api", "v1", "");
     ok(cp.tern(&["deploy", api.path().to_str().unwrap()]));
@@ -140,10 +141,9 @@ async fn a_node_that_was_down_during_a_deploy_catches_up_when_it_returns() {
     assert!(status.contains("live on 3 connected nodes"), "{status}");
 }
 
-#[tokio::test]
-async fn nodes_keep_serving_with_the_control_plane_down_even_across_their_own_restart() {
+async fn nodes_keep_serving_with_the_control_plane_down_even_across_their_own_restart(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut cp, mut nodes) = platform(dir.path());
+    let (mut cp, mut nodes) = platform(dir.path(), backend);
     all_connected(&cp, &nodes.iter().collect::<Vec<_>>()).await;
     let site = project("site", "kept", "");
     ok(cp.tern(&["deploy", site.path().to_str().unwrap()]));
@@ -167,10 +167,9 @@ async fn nodes_keep_serving_with_the_control_plane_down_even_across_their_own_re
     }
 }
 
-#[tokio::test]
-async fn a_corrupted_bundle_on_a_nodes_disk_is_never_served_and_is_fetched_again() {
+async fn a_corrupted_bundle_on_a_nodes_disk_is_never_served_and_is_fetched_again(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cp = ControlPlane::start(&dir.path().join("cp"));
+    let mut cp = ControlPlane::start_in(&dir.path().join("cp"), backend);
     let mut node = Node::start(&cp, "a", "eu-west", &dir.path().join("a"));
     all_connected(&cp, &[&node]).await;
     let f = project("f", "genuine", "");
@@ -195,13 +194,12 @@ async fn a_corrupted_bundle_on_a_nodes_disk_is_never_served_and_is_fetched_again
     eventually_serves(&node, "f.localhost", "genuine").await;
 }
 
-#[tokio::test]
-async fn a_bundle_signed_by_another_control_plane_is_refused() {
+async fn a_bundle_signed_by_another_control_plane_is_refused(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let cp = ControlPlane::start_in(&dir.path().join("cp"), backend);
     let mut node = Node::start(&cp, "a", "eu-west", &dir.path().join("a"));
     // A second control plane, with its own signing key, and a node of its own.
-    let other = ControlPlane::start(&dir.path().join("other-cp"));
+    let other = ControlPlane::start_in(&dir.path().join("other-cp"), backend);
     let mut foreign = Node::start(&other, "x", "eu-west", &dir.path().join("x"));
     all_connected(&other, &[&foreign]).await;
     let f = project("f", "foreign", "");
@@ -247,10 +245,9 @@ fn node_args(cp: &ControlPlane, token: &str, name: &str, data: &Path) -> Vec<Str
     .to_vec()
 }
 
-#[tokio::test]
-async fn created_join_tokens_enrol_nodes_until_they_expire() {
+async fn created_join_tokens_enrol_nodes_until_they_expire(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let cp = ControlPlane::start_in(&dir.path().join("cp"), backend);
     let create = |ttl: &str| ok(cp.tern(&["token", "create", "--ttl", ttl])).trim().to_string();
     let (lasting, brief) = (create("1h"), create("1s"));
     assert_eq!(lasting.len(), 48, "{lasting}");
@@ -272,10 +269,9 @@ async fn created_join_tokens_enrol_nodes_until_they_expire() {
     drop(node);
 }
 
-#[tokio::test]
-async fn a_node_with_a_wrong_join_token_is_refused_and_says_why() {
+async fn a_node_with_a_wrong_join_token_is_refused_and_says_why(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let cp = ControlPlane::start_in(&dir.path().join("cp"), backend);
     let args = node_args(&cp, "not-the-token", "intruder", dir.path());
     let mut node = Node::spawn("intruder", args).expect("it serves (nothing) until the refusal");
     assert!(!node.wait_exit().success());
@@ -285,10 +281,9 @@ async fn a_node_with_a_wrong_join_token_is_refused_and_says_why() {
     assert!(!status.contains("intruder"), "{status}");
 }
 
-#[tokio::test]
-async fn a_webassembly_function_deploys_through_the_control_plane_like_any_other() {
+async fn a_webassembly_function_deploys_through_the_control_plane_like_any_other(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let cp = ControlPlane::start_in(&dir.path().join("cp"), backend);
     let node = Node::start(&cp, "a", "eu-west", &dir.path().join("a"));
     all_connected(&cp, &[&node]).await;
     let wasm = wat::parse_file(repo_root().join("tests/wasi/fresh-memory.wat")).unwrap();
@@ -308,10 +303,9 @@ async fn ask_with(node: &Node, host: &str, header: (&str, &str)) -> String {
     send(&http1(), request.body(empty()).unwrap()).await.text
 }
 
-#[tokio::test]
-async fn percentage_and_header_rollouts_split_requests_the_same_way_on_every_node() {
+async fn percentage_and_header_rollouts_split_requests_the_same_way_on_every_node(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (cp, nodes) = platform(dir.path());
+    let (cp, nodes) = platform(dir.path(), backend);
     all_connected(&cp, &nodes.iter().collect::<Vec<_>>()).await;
     let app = project("app", "old", "");
     let path = app.path().to_str().unwrap();
@@ -358,10 +352,9 @@ async fn percentage_and_header_rollouts_split_requests_the_same_way_on_every_nod
     assert!(String::from_utf8_lossy(&refused.stderr).contains("percent must be 0 to 100"));
 }
 
-#[tokio::test]
-async fn secrets_reach_the_function_as_env_and_nowhere_else() {
+async fn secrets_reach_the_function_as_env_and_nowhere_else(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(&dir.path().join("cp"));
+    let cp = ControlPlane::start_in(&dir.path().join("cp"), backend);
     let node = Node::start(&cp, "a", "eu-west", &dir.path().join("a"));
     all_connected(&cp, &[&node]).await;
     let p = Project::with_manifest(
@@ -399,7 +392,11 @@ async fn secrets_reach_the_function_as_env_and_nowhere_else() {
     ] {
         assert!(!listing.contains("s3cr3t"), "a secret leaked:\n{listing}");
     }
-    let store = std::fs::read(dir.path().join("cp/state.redb")).unwrap();
+    let store = match &cp.etcd {
+        None => std::fs::read(dir.path().join("cp/state.redb")).unwrap(),
+        Some(etcd) => etcd.get_prefix("/tern/").into_bytes(),
+    };
+    assert!(store.windows(13).any(|w| w == b"vault/API_KEY"), "the secret is where the check looks");
     assert!(!store.windows(6).any(|w| w == b"s3cr3t"), "the store holds secrets sealed, not in the clear");
     let refused = cp.tern(&["secret", "list", "nope"]);
     assert!(refused.status.success(), "an unknown function simply has none");
@@ -409,3 +406,127 @@ async fn secrets_reach_the_function_as_env_and_nowhere_else() {
     let out = bad.stdin(std::process::Stdio::null()).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("secret name \"1BAD\""), "{out:?}");
 }
+
+/// `tern ARGS` against the control plane addresses `urls` (comma-separated) as admin.
+fn tern_at(urls: &str, token: &str, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .env("TERN_CONTROL_PLANE", urls)
+        .env("TERN_TOKEN", token)
+        .output()
+        .expect("run tern")
+}
+
+#[tokio::test]
+async fn replicas_sharing_etcd_keep_deploying_and_lose_nothing_when_one_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = support::etcd::Etcd::start(&dir.path().join("etcd"));
+    let mut a = ControlPlane::start_with_store(&dir.path().join("cp-a"), "127.0.0.1:0", &etcd.url);
+    let b = ControlPlane::start_with_store(&dir.path().join("cp-b"), "127.0.0.1:0", &etcd.url);
+    // The second replica took the first one's keys from etcd: one platform.
+    for key in ["admin-token", "join-token", "signing-key.pk8", "ca.pem", "ca-key.pem", "secrets-key"] {
+        let read = |cp: &str| std::fs::read(dir.path().join(cp).join(key)).unwrap();
+        assert_eq!(read("cp-a"), read("cp-b"), "{key} is shared");
+    }
+    let (ab, ba) = (format!("{},{}", a.url, b.url), format!("{},{}", b.url, a.url));
+    // Nodes n1 and n2 prefer replica A, n3 prefers B.
+    let nodes: Vec<Node> = [("n1", &ab), ("n2", &ab), ("n3", &ba)]
+        .iter()
+        .map(|(name, urls)| Node::start_at(urls, &a.join_token, name, "eu-west", &dir.path().join(name)))
+        .collect();
+    let all: Vec<&Node> = nodes.iter().collect();
+    // Each replica sees every node, including those connected to the other.
+    all_connected(&a, &all).await;
+    all_connected(&b, &all).await;
+
+    let site = project("site", "v1", "\"site.example.com/*\"");
+    let path = site.path().to_str().unwrap();
+    let out = ok(a.tern(&["deploy", path]));
+    assert!(out.contains("version 1 ") && out.contains("live on 3 nodes"), "acks through B count on A: {out}");
+    set_body(&site, "v2");
+    let out = ok(b.tern(&["deploy", path]));
+    assert!(out.contains("version 2 ") && out.contains("live on 3 nodes"), "{out}");
+    for node in &nodes {
+        assert_eq!(ask(node, "site.example.com", "/").await.text, "v2", "node {}", node.name);
+    }
+
+    // Two deploys of the same function at the same moment, one through each replica: both
+    // are recorded, under different version numbers.
+    let racing: Vec<Project> =
+        ["race-a", "race-b"].iter().map(|body| project("site", body, "\"site.example.com/*\"")).collect();
+    let (pa, pb) = (racing[0].path().to_owned(), racing[1].path().to_owned());
+    let (ua, ub, token) = (a.url.clone(), b.url.clone(), a.token.clone());
+    let t = token.clone();
+    let first = std::thread::spawn(move || tern_at(&ua, &t, &["deploy", "--no-wait", pa.to_str().unwrap()]));
+    let second = tern_at(&ub, &token, &["deploy", "--no-wait", pb.to_str().unwrap()]);
+    let (first, second) = (ok(first.join().unwrap()), ok(second));
+    let mut raced: Vec<&str> =
+        [&first, &second].iter().map(|o| o.split("version ").nth(1).unwrap().split(' ').next().unwrap()).collect();
+    raced.sort();
+    assert_eq!(raced, ["3", "4"], "{first}{second}");
+
+    // Deploys through "A,B" while A is killed half-way: every one succeeds.
+    let mut deployed = Vec::new();
+    for n in 5..=9 {
+        set_body(&site, &format!("v{n}"));
+        let wait = if n == 6 { "--no-wait" } else { "--timeout=30s" };
+        let out = ok(tern_at(&ab, &a.token, &["deploy", wait, path]));
+        assert!(out.contains(&format!("deployed site version {n} ")), "{out}");
+        deployed.push(n);
+        if n == 6 {
+            // Committed through A, which dies before its nodes could be told.
+            a.stop();
+        }
+    }
+    // The nodes A served move to B by themselves and catch up.
+    all_connected(&b, &all).await;
+    for node in &nodes {
+        eventually_serves(node, "site.example.com", "v9").await;
+    }
+    set_body(&site, "v10");
+    let out = ok(tern_at(&ab, &a.token, &["deploy", path]));
+    assert!(out.contains("version 10 ") && out.contains("live on 3 nodes"), "{out}");
+
+    // Nothing lost: every version, in order, and the same from a replica that comes back.
+    let versions = ok(b.tern(&["versions", "site"]));
+    let numbers: Vec<u32> =
+        versions.lines().filter_map(|l| l.split_whitespace().next()?.trim_start_matches('*').parse().ok()).collect();
+    assert_eq!(numbers, (1..=10).collect::<Vec<_>>(), "{versions}");
+    a.restart();
+    assert_eq!(ok(a.tern(&["versions", "site"])), versions);
+    let status = ok(a.tern(&["status"]));
+    assert!(status.contains("live on 3 connected nodes"), "{status}");
+    let revision = etcd.get_prefix("/tern/revision");
+    assert_eq!(revision.lines().nth(1), Some("10"), "one revision per deploy, none skipped: {revision}");
+}
+
+/// Each scenario once per store.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Embedded).await
+            })*
+        }
+        mod etcd {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Etcd).await
+            })*
+        }
+    };
+}
+
+on_every_store!(
+    a_deploy_is_live_on_every_node_when_tern_deploy_returns_and_updates_and_rollbacks_follow,
+    a_node_that_was_down_during_a_deploy_catches_up_when_it_returns,
+    nodes_keep_serving_with_the_control_plane_down_even_across_their_own_restart,
+    a_corrupted_bundle_on_a_nodes_disk_is_never_served_and_is_fetched_again,
+    a_bundle_signed_by_another_control_plane_is_refused,
+    created_join_tokens_enrol_nodes_until_they_expire,
+    a_node_with_a_wrong_join_token_is_refused_and_says_why,
+    a_webassembly_function_deploys_through_the_control_plane_like_any_other,
+    percentage_and_header_rollouts_split_requests_the_same_way_on_every_node,
+    secrets_reach_the_function_as_env_and_nowhere_else,
+);

@@ -14,13 +14,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tern_control_plane::api::ControlPlane;
 use tern_control_plane::ca::Authority;
+use tern_control_plane::etcd::{EtcdStore, EtcdUrl, KeySharing};
 use tern_control_plane::keys::Secrets;
-use tern_control_plane::store::EmbeddedStore;
+use tern_control_plane::store::{EmbeddedStore, Store};
+use tern_control_plane::vault::Vault;
 
 /// Where the API is and who is asking.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Credentials {
-    /// The control plane's API, e.g. http://127.0.0.1:7700.
+    /// The control plane's API, e.g. http://127.0.0.1:7700; replicas as a comma-separated
+    /// list, tried in turn when one cannot be reached.
     #[arg(long = "control-plane", env = "TERN_CONTROL_PLANE", default_value = "http://127.0.0.1:7700")]
     pub url: String,
     /// A bearer token (the control plane's `admin-token` file holds the admin's).
@@ -29,11 +32,45 @@ pub struct Credentials {
 }
 
 /// `tern control-plane`: the API on `listen` (TCP), the distribution endpoint on the same
-/// port over UDP (QUIC), state and secrets under `data`.
-pub async fn serve(listen: SocketAddr, data: &Path) -> anyhow::Result<()> {
-    let secrets = Secrets::open(data)?;
-    let authority = Authority::open(data)?;
-    let store = EmbeddedStore::open(&data.join("state.redb"))?;
+/// port over UDP (QUIC), keys under `data`, the state in `data` or, with `store`, in etcd.
+pub async fn serve(listen: SocketAddr, data: &Path, store: Option<EtcdUrl>) -> anyhow::Result<()> {
+    match store {
+        None => {
+            let (secrets, authority, vault) = open_keys(data)?;
+            let store = EmbeddedStore::open(&data.join("state.redb"))?;
+            serve_with(listen, store, secrets, authority, vault, "embedded").await
+        }
+        Some(url) => {
+            std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+                .create(data)
+                .with_context(|| format!("cannot create {}", data.display()))?;
+            let store = EtcdStore::connect(&url, Some(data)).await?;
+            // Keys come from the cluster when another replica made them, else from here.
+            store.share_keys(data, KEY_FILES, KeySharing::Take).await?;
+            open_keys(data)?;
+            store.share_keys(data, KEY_FILES, KeySharing::Publish).await?;
+            let (secrets, authority, vault) = open_keys(data)?;
+            let name = format!("etcd {}{}", url.endpoints.join(","), url.prefix);
+            serve_with(listen, store, secrets, authority, vault, &name).await
+        }
+    }
+}
+
+/// The data directory's files that every replica sharing a store must hold alike.
+const KEY_FILES: &[&str] = &["signing-key.pk8", "admin-token", "join-token", "ca-key.pem", "ca.pem", "secrets-key"];
+
+fn open_keys(data: &Path) -> anyhow::Result<(Secrets, Authority, Vault)> {
+    Ok((Secrets::open(data)?, Authority::open(data)?, Vault::open(data)?))
+}
+
+async fn serve_with<S: Store>(
+    listen: SocketAddr,
+    store: S,
+    secrets: Secrets,
+    authority: Authority,
+    vault: Vault,
+    store_name: &str,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let tls = authority.server_config()?;
@@ -48,18 +85,27 @@ pub async fn serve(listen: SocketAddr, data: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the distribution endpoint on udp {addr}"))?;
     println!("tern control-plane: listening on http://{addr}");
     println!("tern control-plane: distribution (QUIC) on udp {addr}");
+    println!("tern control-plane: state in {store_name}");
     println!("tern control-plane: admin token in {}", secrets.admin_token_path.display());
     println!("tern control-plane: join token in {}", secrets.join_token_path.display());
-    let vault = tern_control_plane::vault::Vault::open(data)?;
-    let plane = Arc::new(ControlPlane::new(store, secrets, authority, vault)?);
+    let plane = Arc::new(ControlPlane::new(store, secrets, authority, vault).await?);
     tokio::spawn(tern_control_plane::distribute::serve(plane.clone(), endpoint));
+    let follower = plane.clone();
+    tokio::spawn(async move { follower.follow().await });
     tokio::select! {
         () = plane.serve(listener) => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }
 
-/// Sends one API request; returns the JSON answer, or fails with the API's message.
+/// The control plane's addresses in `list` (comma-separated: replicas sharing a store).
+pub(crate) fn urls(list: &str) -> Vec<String> {
+    list.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).filter(|u| !u.is_empty()).collect()
+}
+
+/// Sends one API request; returns the JSON answer, or fails with the API's message. With
+/// several control plane addresses, one that cannot be connected to is passed over for the
+/// next (the request never reached it, so nothing happens twice).
 pub(crate) async fn call(
     credentials: &Credentials,
     method: http::Method,
@@ -67,19 +113,36 @@ pub(crate) async fn call(
     headers: &[(&str, String)],
     body: Bytes,
 ) -> anyhow::Result<serde_json::Value> {
-    let url = format!("{}{path}", credentials.url.trim_end_matches('/'));
-    let mut request = http::Request::builder().method(method).uri(&url);
-    if let Some(token) = &credentials.token {
-        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    for (name, value) in headers {
-        request = request.header(*name, value);
-    }
-    let request = request.body(Full::new(body)).with_context(|| format!("bad control plane URL {url:?}"))?;
     let client = Client::builder(TokioExecutor::new()).build_http();
-    let response = client.request(request).await.with_context(|| {
-        format!("cannot reach the control plane at {} (--control-plane or TERN_CONTROL_PLANE)", credentials.url)
-    })?;
+    let urls = urls(&credentials.url);
+    let mut response = None;
+    for (n, base) in urls.iter().enumerate() {
+        let url = format!("{base}{path}");
+        let mut request = http::Request::builder().method(method.clone()).uri(&url);
+        if let Some(token) = &credentials.token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request =
+            request.body(Full::new(body.clone())).with_context(|| format!("bad control plane URL {url:?}"))?;
+        match client.request(request).await {
+            Ok(answer) => {
+                response = Some(answer);
+                break;
+            }
+            Err(e) if e.is_connect() && n + 1 < urls.len() => {
+                eprintln!("tern: cannot reach the control plane at {base} ({e}); trying {}", urls[n + 1]);
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot reach the control plane at {base} (--control-plane or TERN_CONTROL_PLANE)"
+                )));
+            }
+        }
+    }
+    let response = response.with_context(|| format!("no control plane address in {:?}", credentials.url))?;
     let status = response.status();
     let bytes = response.into_body().collect().await.context("reading the control plane's answer")?.to_bytes();
     let value: serde_json::Value = serde_json::from_slice(&bytes)

@@ -116,11 +116,17 @@ enum Command {
         /// Directory for the state (one file), the signing key and the admin token.
         #[arg(long)]
         data: PathBuf,
+        /// Keep the state in etcd instead, `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`
+        /// (prefix `tern` by default): replicas naming the same store serve the same
+        /// platform, and share the keys through it.
+        #[arg(long, value_name = "URL")]
+        store: Option<tern_control_plane::etcd::EtcdUrl>,
     },
     /// Run an edge node: enrol with the control plane, follow what it assigns, serve it.
     Node {
         /// The control plane's API, e.g. http://127.0.0.1:7700 (its distribution endpoint is
-        /// the same port over UDP).
+        /// the same port over UDP); replicas as a comma-separated list, used in turn when one
+        /// stops answering.
         #[arg(long = "control-plane", env = "TERN_CONTROL_PLANE", default_value = "http://127.0.0.1:7700")]
         control_plane: String,
         /// The token nodes enrol with (the control plane's `join-token` file); needed only
@@ -178,7 +184,7 @@ enum Command {
     },
     /// Run a router: send each request to the nearest healthy node.
     Router {
-        /// The control plane's API, e.g. http://127.0.0.1:7700.
+        /// The control plane's API, e.g. http://127.0.0.1:7700; replicas as a comma-separated list.
         #[arg(long = "control-plane", env = "TERN_CONTROL_PLANE", default_value = "http://127.0.0.1:7700")]
         control_plane: String,
         /// The join token (or the admin token); the router reads the topology with it.
@@ -461,9 +467,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 log_format,
             }))
         }
-        Command::ControlPlane { listen, data } => {
+        Command::ControlPlane { listen, data, store } => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(control::serve(listen, &data))
+            rt.block_on(control::serve(listen, &data, store))
         }
         Command::Node {
             control_plane,

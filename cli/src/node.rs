@@ -61,7 +61,8 @@ pub async fn run(options: NodeOptions) -> anyhow::Result<()> {
         let node = serving_node.clone();
         Box::pin(async move { node.set_routes(RouteTable::serving(functions, None)).await })
     });
-    let config = AgentConfig { control_plane: options.control_plane, join_token: options.join_token, node: info, data };
+    let control_plane = crate::control::urls(&options.control_plane);
+    let config = AgentConfig { control_plane, join_token: options.join_token, node: info, data };
     let (restored_tx, restored) = tokio::sync::oneshot::channel();
     let mut agent = tokio::spawn(tern_distribution::agent::run(config, apply, restored_tx));
     // Serve once the kept state is back: until then connections wait in the backlog rather

@@ -76,6 +76,9 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if let StoreError::Conflict(message) = e {
+            return Self::new(StatusCode::CONFLICT, "concurrent_change", message);
+        }
         tracing::error!("{e}");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_failed", e.to_string())
     }
@@ -106,16 +109,47 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Full<
 }
 
 impl<S: Store> ControlPlane<S> {
-    pub fn new(store: S, secrets: Secrets, authority: Authority, vault: Vault) -> Result<Self, StoreError> {
-        let (revision, _) = watch::channel(store.revision()?);
+    pub async fn new(store: S, secrets: Secrets, authority: Authority, vault: Vault) -> Result<Self, StoreError> {
+        let (revision, _) = watch::channel(store.revision().await?);
         Ok(Self { store, secrets, authority, vault, fleet: Fleet::default(), revision })
+    }
+
+    /// Follows the revisions other replicas commit to a shared store, until the process
+    /// ends (at once for a store nobody shares).
+    pub async fn follow(&self) {
+        self.store.follow(self.revision.clone()).await;
+    }
+
+    /// Makes `revision` the latest known, unless a newer one is known already (another
+    /// replica's commit may arrive first).
+    pub fn advance(&self, revision: u64) {
+        self.revision.send_if_modified(|r| {
+            let newer = revision > *r;
+            *r = (*r).max(revision);
+            newer
+        });
+    }
+
+    /// Node `name`'s connection changed here: tells the other replicas (a no-op for a
+    /// store nobody shares). A failure is logged: the other replicas see the node a little
+    /// later, when it next acknowledges.
+    pub async fn publish(&self, name: &str) {
+        let live = self.fleet.get(name).filter(|n| n.connected);
+        if let Err(e) = self.store.publish_live(name, live.as_ref()).await {
+            tracing::warn!(node = name, "cannot share the node's state with the other replicas: {e}");
+        }
+    }
+
+    /// Every node's connection as this replica and the others know it.
+    async fn live(&self) -> Result<std::collections::BTreeMap<String, crate::fleet::NodeLive>, StoreError> {
+        Ok(crate::fleet::merge(self.fleet.snapshot(), self.store.live().await?))
     }
 
     /// The opened secrets of `function`, for its nodes; a value that cannot be opened is
     /// left out and logged.
-    pub fn open_secrets(&self, function: &str) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+    pub async fn open_secrets(&self, function: &str) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
         let mut out = std::collections::BTreeMap::new();
-        for (name, sealed) in self.store.secrets(function)? {
+        for (name, sealed) in self.store.secrets(function).await? {
             match self.vault.unseal(&format!("{function}/{name}"), &sealed) {
                 Ok(value) => {
                     out.insert(name, String::from_utf8_lossy(&value).into_owned());
@@ -192,11 +226,11 @@ impl<S: Store> ControlPlane<S> {
                 return Ok((StatusCode::OK, json!({ "algorithm": "ed25519", "public_key": hex })));
             }
             (&Method::POST, ["v1", "nodes"]) => {
-                self.authorize_join(&req)?;
+                self.authorize_join(&req).await?;
                 return self.enroll(req).await;
             }
             (&Method::GET, ["v1", "topology"]) => {
-                self.authorize_join(&req)?;
+                self.authorize_join(&req).await?;
                 // `?after=N`: a router that has revision N waits (up to a second) for the next.
                 let after =
                     req.uri().query().and_then(|q| q.strip_prefix("after=")).and_then(|n| n.parse::<u64>().ok());
@@ -205,39 +239,41 @@ impl<S: Store> ControlPlane<S> {
                     let newer = revisions.wait_for(|r| *r > after);
                     let _ = tokio::time::timeout(TOPOLOGY_WAIT, newer).await;
                 }
-                return self.topology();
+                return self.topology().await;
             }
             _ => {}
         }
         self.authorize(&req)?;
         match (req.method().clone(), path.as_slice()) {
             (Method::POST, ["v1", "deployments"]) => self.deploy(req).await,
-            (Method::GET, ["v1", "functions"]) => Ok((StatusCode::OK, json!({ "functions": self.store.active()? }))),
-            (Method::GET, ["v1", "functions", name, "versions"]) => self.versions(name),
-            (Method::GET, ["v1", "status"]) => self.status(),
+            (Method::GET, ["v1", "functions"]) => {
+                Ok((StatusCode::OK, json!({ "functions": self.store.active().await? })))
+            }
+            (Method::GET, ["v1", "functions", name, "versions"]) => self.versions(name).await,
+            (Method::GET, ["v1", "status"]) => self.status().await,
             (Method::POST, ["v1", "tokens"]) => {
                 let body = read_body(req, 64 * 1024).await?;
-                self.create_token(&body)
+                self.create_token(&body).await
             }
             (Method::PUT, ["v1", "functions", name, "secrets", key]) => {
                 let (name, key) = (name.to_string(), key.to_string());
                 let body = read_body(req, 64 * 1024).await?;
-                self.put_secret(&name, &key, &body)
+                self.put_secret(&name, &key, &body).await
             }
             (Method::GET, ["v1", "functions", name, "secrets"]) => {
-                let names: Vec<String> = self.store.secrets(name)?.into_iter().map(|(n, _)| n).collect();
+                let names: Vec<String> = self.store.secrets(name).await?.into_iter().map(|(n, _)| n).collect();
                 Ok((StatusCode::OK, json!({ "function": name, "secrets": names })))
             }
             (Method::POST, ["v1", "functions", name, "rollout"]) => {
                 let name = name.to_string();
                 let body = read_body(req, 64 * 1024).await?;
-                self.rollout(&name, &body)
+                self.rollout(&name, &body).await
             }
             (Method::GET, ["v1", "revisions", revision]) => {
                 let revision = revision
                     .parse()
                     .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "a revision is a number"))?;
-                Ok((StatusCode::OK, self.progress(revision)?))
+                Ok((StatusCode::OK, self.progress(revision).await?))
             }
             (Method::POST, ["v1", "functions", name, "rollback"]) => {
                 let name = name.to_string();
@@ -252,36 +288,27 @@ impl<S: Store> ControlPlane<S> {
                         .and_then(|v| v.as_str().map(str::to_string).or_else(|| Some(v.to_string())))
                         .filter(|s| s != "null")
                 };
-                self.rollback(&name, to.as_deref())
+                self.rollback(&name, to.as_deref()).await
             }
             _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")),
         }
     }
 
     fn authorize(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
-        self.authorize_with(req, |token| self.secrets.is_admin(token))
+        if self.secrets.is_admin(bearer(req)?) { Ok(()) } else { Err(bad_token()) }
     }
 
     /// Nodes enrol (and routers read the topology) with the data directory's join token, a
     /// created join token that has not expired, or the admin token.
-    fn authorize_join(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
-        let mut expired = None;
-        let result = self.authorize_with(req, |token| {
-            if self.secrets.is_join(token) || self.secrets.is_admin(token) {
-                return true;
-            }
-            let record = self.store.token(&tokens::hash(token)).ok().flatten().filter(|r| r.role == "join");
-            match tokens::check(record.as_ref(), now_ms()) {
-                TokenCheck::Valid => true,
-                TokenCheck::Expired { at_ms } => {
-                    expired = Some(at_ms);
-                    false
-                }
-                TokenCheck::Unknown => false,
-            }
-        });
-        match (result, expired) {
-            (Err(_), Some(at_ms)) => Err(ApiError::new(
+    async fn authorize_join(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
+        let token = bearer(req)?;
+        if self.secrets.is_join(token) || self.secrets.is_admin(token) {
+            return Ok(());
+        }
+        let record = self.store.token(&tokens::hash(token)).await?.filter(|r| r.role == "join");
+        match tokens::check(record.as_ref(), now_ms()) {
+            TokenCheck::Valid => Ok(()),
+            TokenCheck::Expired { at_ms } => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "token_expired",
                 format!(
@@ -290,12 +317,12 @@ impl<S: Store> ControlPlane<S> {
                     now_ms().saturating_sub(at_ms) / 1000
                 ),
             )),
-            (result, _) => result,
+            TokenCheck::Unknown => Err(bad_token()),
         }
     }
 
     /// Creates a join token: body `{"ttl_s": 3600}` (at most 30 days).
-    fn create_token(&self, body: &[u8]) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    async fn create_token(&self, body: &[u8]) -> Result<(StatusCode, serde_json::Value), ApiError> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Request {
@@ -317,27 +344,13 @@ impl<S: Store> ControlPlane<S> {
         let now = now_ms();
         let record =
             TokenRecord { hash: tokens::hash(&token), role: "join".into(), created_ms: now, expires_ms: now + ttl_ms };
-        self.store.put_token(&record)?;
+        self.store.put_token(&record).await?;
         tracing::info!(role = "join", expires = %crate::clock::rfc3339(record.expires_ms), "token created");
         Ok((
             StatusCode::CREATED,
             json!({ "token": token, "role": "join", "expires_ms": record.expires_ms,
                 "expires": crate::clock::rfc3339(record.expires_ms) }),
         ))
-    }
-
-    fn authorize_with(&self, req: &Request<Incoming>, mut valid: impl FnMut(&str) -> bool) -> Result<(), ApiError> {
-        let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let token = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
-        match token {
-            Some(token) if valid(token) => Ok(()),
-            Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", "the token is not valid")),
-            None => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "no_token",
-                "send `Authorization: Bearer <token>` (tern: --token or TERN_TOKEN)",
-            )),
-        }
     }
 
     async fn deploy(&self, req: Request<Incoming>) -> Result<(StatusCode, serde_json::Value), ApiError> {
@@ -352,11 +365,30 @@ impl<S: Store> ControlPlane<S> {
         let bundle = Bundle::from_wire(&wire, expected).map_err(|e| bad(format!("the bundle was refused: {e}")))?;
         let function = bundle.name().to_string();
         let id = bundle.id().to_string();
-        self.store.put_bundle(&id, &wire)?;
+        self.store.put_bundle(&id, &wire).await?;
         let signature = self.secrets.signing.sign(bundle.id()).to_string();
-        let claims = Claims::of(&bundle);
-        let versions = self.store.versions(&function)?;
-        let active = self.store.active()?.into_iter().find(|a| a.function == function);
+        // Another deploy of the same function (through this replica or another) may take
+        // the version number between reading and committing: decide again.
+        let mut attempts = 0;
+        loop {
+            match self.record(&function, &id, &signature, Claims::of(&bundle)).await {
+                Err(e) if e.code == "concurrent_change" && attempts < 8 => attempts += 1,
+                result => return result,
+            }
+        }
+    }
+
+    /// Makes bundle `id` what `function` runs: a new version, or the earlier version with
+    /// the same bundle, or nothing when it runs it already.
+    async fn record(
+        &self,
+        function: &str,
+        id: &str,
+        signature: &str,
+        claims: Claims,
+    ) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        let versions = self.store.versions(function).await?;
+        let active = self.store.active().await?.into_iter().find(|a| a.function == function);
         if let Some(active) = active.filter(|a| a.bundle == id) {
             // Already what the function runs: nothing changes, no new revision.
             let signature = versions.iter().find(|v| v.number == active.version).map(|v| v.signature.clone());
@@ -369,22 +401,21 @@ impl<S: Store> ControlPlane<S> {
         if let Some(same) = versions.iter().rev().find(|v| v.bundle == id) {
             // Deploying what was deployed before makes that version active again.
             let target = same.clone();
-            return self.activate(&target, None, claims).map(|revision| {
-                (
-                    StatusCode::OK,
-                    json!({ "function": function, "version": target.number, "bundle": id,
-                    "signature": target.signature, "revision": revision, "new": false }),
-                )
-            });
+            let revision = self.activate(&target, None, claims).await?;
+            return Ok((
+                StatusCode::OK,
+                json!({ "function": function, "version": target.number, "bundle": id,
+                "signature": target.signature, "revision": revision, "new": false }),
+            ));
         }
         let version = Version {
-            function: function.clone(),
+            function: function.to_string(),
             number: deploy::next_number(&versions),
-            bundle: id.clone(),
-            signature: signature.clone(),
+            bundle: id.to_string(),
+            signature: signature.to_string(),
             created_ms: now_ms(),
         };
-        let revision = self.activate(&version, Some(version.clone()), claims)?;
+        let revision = self.activate(&version, Some(version.clone()), claims).await?;
         tracing::info!(%function, version = version.number, bundle = %&id[..12], revision, "deployed");
         Ok((
             StatusCode::CREATED,
@@ -394,7 +425,7 @@ impl<S: Store> ControlPlane<S> {
     }
 
     /// Makes `version` what its function runs (recording it first when `new`).
-    fn activate(&self, version: &Version, new: Option<Version>, claims: Claims) -> Result<u64, ApiError> {
+    async fn activate(&self, version: &Version, new: Option<Version>, claims: Claims) -> Result<u64, ApiError> {
         let Claims { routes, placement } = claims;
         let active = Active {
             function: version.function.clone(),
@@ -410,13 +441,14 @@ impl<S: Store> ControlPlane<S> {
         let check = move |current: &[Active]| -> Result<(), ApiError> {
             deploy::check_routes(&function, &routes, current).map_err(ApiError::from)
         };
-        let revision = self.store.commit(Commit { new_version: new, active, at_ms: now_ms(), secret: None }, &check)?;
-        self.revision.send_replace(revision);
+        let revision =
+            self.store.commit(Commit { new_version: new, active, at_ms: now_ms(), secret: None }, &check).await?;
+        self.advance(revision);
         Ok(revision)
     }
 
     /// Seals and stores a secret, and makes a revision so that nodes get it.
-    fn put_secret(
+    async fn put_secret(
         &self,
         function: &str,
         name: &str,
@@ -425,7 +457,8 @@ impl<S: Store> ControlPlane<S> {
         check_secret(name, value).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_secret", e))?;
         let active = self
             .store
-            .active()?
+            .active()
+            .await?
             .into_iter()
             .find(|a| a.function == function)
             .ok_or_else(|| DeployError::UnknownFunction(function.into()))?;
@@ -437,13 +470,13 @@ impl<S: Store> ControlPlane<S> {
             at_ms: now_ms(),
             secret: Some((entry, sealed)),
         };
-        let revision = self.store.commit(commit, &|_| Ok::<_, ApiError>(()))?;
-        self.revision.send_replace(revision);
+        let revision = self.store.commit(commit, &|_| Ok::<_, ApiError>(())).await?;
+        self.advance(revision);
         tracing::info!(function, secret = name, revision, "secret set");
         Ok((StatusCode::OK, json!({ "function": function, "secret": name, "revision": revision })))
     }
 
-    fn rollout(&self, name: &str, body: &[u8]) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    async fn rollout(&self, name: &str, body: &[u8]) -> Result<(StatusCode, serde_json::Value), ApiError> {
         #[derive(serde::Deserialize)]
         struct Request {
             version: Option<serde_json::Value>,
@@ -456,20 +489,20 @@ impl<S: Store> ControlPlane<S> {
         let rule = RolloutRule::new(request.percent, request.header.as_deref(), request.sticky.as_deref())
             .map_err(|e| bad(e.to_string()))?;
         let wanted = request.version.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
-        let versions = self.store.versions(name)?;
+        let versions = self.store.versions(name).await?;
         let active = self
             .store
-            .active()?
+            .active()
+            .await?
             .into_iter()
             .find(|a| a.function == name)
             .ok_or_else(|| DeployError::UnknownFunction(name.into()))?;
         let candidate = deploy::rollout_candidate(name, &versions, &active, wanted.as_deref(), rule)?;
         let stable = active.version;
         let active = Active { rollout: candidate.clone(), revision: 0, ..active };
-        let revision = self
-            .store
-            .commit(Commit { new_version: None, active, at_ms: now_ms(), secret: None }, &|_| Ok::<_, ApiError>(()))?;
-        self.revision.send_replace(revision);
+        let commit = Commit { new_version: None, active, at_ms: now_ms(), secret: None };
+        let revision = self.store.commit(commit, &|_| Ok::<_, ApiError>(())).await?;
+        self.advance(revision);
         tracing::info!(function = name, stable, candidate = ?candidate.as_ref().map(|c| c.version), revision, "rollout");
         Ok((StatusCode::OK, json!({ "function": name, "stable": stable, "rollout": candidate, "revision": revision })))
     }
@@ -494,7 +527,7 @@ impl<S: Store> ControlPlane<S> {
             fingerprint: crate::ca::fingerprint(&der),
             enrolled_ms: now_ms(),
         };
-        self.store.put_node(&record)?;
+        self.store.put_node(&record).await?;
         tracing::info!(node = %record.info.name, region = %record.info.region, "node enrolled");
         let key = self.secrets.signing.verifying_key();
         let signing_key: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
@@ -505,23 +538,24 @@ impl<S: Store> ControlPlane<S> {
     }
 
     /// How far `revision` has spread over the enrolled nodes.
-    fn progress(&self, revision: u64) -> Result<serde_json::Value, ApiError> {
-        let committed_ms = self.store.changes_since(revision.saturating_sub(1))?.first().map(|c| c.at_ms);
+    async fn progress(&self, revision: u64) -> Result<serde_json::Value, ApiError> {
+        let committed_ms = self.store.changes_since(revision.saturating_sub(1)).await?.first().map(|c| c.at_ms);
         let Some(committed_ms) = committed_ms.filter(|_| revision > 0) else {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no revision {revision}")));
         };
-        let enrolled: Vec<String> = self.store.nodes()?.into_iter().map(|n| n.info.name).collect();
-        let progress = progress(revision, committed_ms, &self.fleet.snapshot(), &enrolled);
+        let enrolled: Vec<String> = self.store.nodes().await?.into_iter().map(|n| n.info.name).collect();
+        let progress = progress(revision, committed_ms, &self.live().await?, &enrolled);
         Ok(serde_json::to_value(progress).expect("progress serializes"))
     }
 
     /// Every enrolled node as it last described itself, with what this control plane knows
     /// of its connection.
-    fn enrolled(&self) -> Result<Vec<(NodeInfo, Option<crate::fleet::NodeLive>)>, ApiError> {
-        let mut live = self.fleet.snapshot();
+    async fn enrolled(&self) -> Result<Vec<(NodeInfo, Option<crate::fleet::NodeLive>)>, ApiError> {
+        let mut live = self.live().await?;
         Ok(self
             .store
-            .nodes()?
+            .nodes()
+            .await?
             .into_iter()
             .map(|record| {
                 let node = live.remove(&record.info.name);
@@ -530,11 +564,12 @@ impl<S: Store> ControlPlane<S> {
             .collect())
     }
 
-    fn status(&self) -> Result<(StatusCode, serde_json::Value), ApiError> {
-        let revision = self.store.revision()?;
-        let changes = self.store.changes_since(0)?;
+    async fn status(&self) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        let revision = self.store.revision().await?;
+        let changes = self.store.changes_since(0).await?;
         let nodes: Vec<serde_json::Value> = self
-            .enrolled()?
+            .enrolled()
+            .await?
             .into_iter()
             .map(|(info, node)| {
                 let node = node.as_ref();
@@ -545,18 +580,19 @@ impl<S: Store> ControlPlane<S> {
                     "refused": node.and_then(|n| n.refused.clone()) })
             })
             .collect();
-        let latest = if revision > 0 { Some(self.progress(revision)?) } else { None };
+        let latest = if revision > 0 { Some(self.progress(revision).await?) } else { None };
         Ok((
             StatusCode::OK,
-            json!({ "revision": revision, "functions": self.store.active()?, "nodes": nodes, "latest": latest }),
+            json!({ "revision": revision, "functions": self.store.active().await?, "nodes": nodes, "latest": latest }),
         ))
     }
 
     /// What a router needs: every enrolled node (where it is and how to reach it) and every
     /// function's routes and placement.
-    fn topology(&self) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    async fn topology(&self) -> Result<(StatusCode, serde_json::Value), ApiError> {
         let nodes: Vec<serde_json::Value> = self
-            .enrolled()?
+            .enrolled()
+            .await?
             .into_iter()
             .map(|(info, node)| {
                 json!({ "name": info.name, "region": info.region, "location": info.location, "listen": info.listen,
@@ -565,32 +601,36 @@ impl<S: Store> ControlPlane<S> {
             .collect();
         let functions: Vec<serde_json::Value> = self
             .store
-            .active()?
+            .active()
+            .await?
             .into_iter()
             .map(|a| json!({ "name": a.function, "routes": a.routes, "placement": a.placement }))
             .collect();
-        Ok((StatusCode::OK, json!({ "revision": self.store.revision()?, "nodes": nodes, "functions": functions })))
+        Ok((
+            StatusCode::OK,
+            json!({ "revision": self.store.revision().await?, "nodes": nodes, "functions": functions }),
+        ))
     }
 
-    fn versions(&self, name: &str) -> Result<(StatusCode, serde_json::Value), ApiError> {
-        let versions = self.store.versions(name)?;
+    async fn versions(&self, name: &str) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        let versions = self.store.versions(name).await?;
         if versions.is_empty() {
             return Err(DeployError::UnknownFunction(name.into()).into());
         }
-        let active = self.store.active()?.into_iter().find(|a| a.function == name);
+        let active = self.store.active().await?.into_iter().find(|a| a.function == name);
         Ok((StatusCode::OK, json!({ "function": name, "active": active.map(|a| a.version), "versions": versions })))
     }
 
-    fn rollback(&self, name: &str, to: Option<&str>) -> Result<(StatusCode, serde_json::Value), ApiError> {
-        let versions = self.store.versions(name)?;
-        let active = self.store.active()?.into_iter().find(|a| a.function == name);
+    async fn rollback(&self, name: &str, to: Option<&str>) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        let versions = self.store.versions(name).await?;
+        let active = self.store.active().await?.into_iter().find(|a| a.function == name);
         let target = deploy::rollback_target(name, &versions, active.as_ref(), to)?.clone();
-        let wire = self.store.bundle(&target.bundle)?.ok_or_else(|| {
+        let wire = self.store.bundle(&target.bundle).await?.ok_or_else(|| {
             StoreError::Corrupt(format!("version {} of {name} has no bundle {}", target.number, target.bundle))
         })?;
         let expected: BundleId = target.bundle.parse().map_err(|()| StoreError::Corrupt("bad bundle id".into()))?;
         let bundle = Bundle::from_wire(&wire, expected).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let revision = self.activate(&target, None, Claims::of(&bundle))?;
+        let revision = self.activate(&target, None, Claims::of(&bundle)).await?;
         tracing::info!(function = name, version = target.number, revision, "rolled back");
         Ok((
             StatusCode::OK,
@@ -612,6 +652,22 @@ impl Claims {
         let routes = bundle.manifest.routes.iter().map(|r| r.as_str().to_string()).collect();
         Self { routes, placement: bundle.manifest.placement.clone() }
     }
+}
+
+/// The request's bearer token.
+fn bearer(req: &Request<Incoming>) -> Result<&str, ApiError> {
+    let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "no_token",
+            "send `Authorization: Bearer <token>` (tern: --token or TERN_TOKEN)",
+        )
+    })
+}
+
+fn bad_token() -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "bad_token", "the token is not valid")
 }
 
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {

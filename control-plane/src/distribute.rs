@@ -58,7 +58,7 @@ async fn serve_node<S: Store>(
         .and_then(|chain| chain.first().cloned())
         .ok_or_else(|| DistributionError::Refused("no client certificate".into()))?;
     let print = fingerprint(&certificate);
-    let record = plane.store().nodes()?.into_iter().find(|n| n.fingerprint == print).ok_or_else(|| {
+    let record = plane.store().nodes().await?.into_iter().find(|n| n.fingerprint == print).ok_or_else(|| {
         DistributionError::Refused(
             "this certificate belongs to no enrolled node (it was replaced by a newer enrolment)".into(),
         )
@@ -76,10 +76,12 @@ async fn serve_node<S: Store>(
     let name = node.name.clone();
     tracing::info!(node = %name, region = %node.region, applied, "node connected");
     let session = plane.fleet().connected(node, applied, now_ms());
+    plane.publish(&name).await;
     let fetches = tokio::spawn(serve_fetches(plane.clone(), connection.clone()));
     let result = subscription(plane, &name, applied, &mut send, recv).await;
     fetches.abort();
     plane.fleet().disconnected(&name, session);
+    plane.publish(&name).await;
     tracing::info!(node = %name, "node disconnected");
     result
 }
@@ -105,15 +107,18 @@ async fn subscription<S: Store>(
     });
     let _reader = AbortOnDrop(reader);
     let mut revisions = plane.revisions();
+    // With replicas, this one may not have heard of the newest commits yet: never answer a
+    // node from behind what it has.
+    plane.advance(plane.store().revision().await?);
     // `base`: what the node serves, which updates are computed from; `sent`: the revision
     // last sent, so that a refused update is not sent again until something new is committed.
     let (mut base, mut sent) = (applied, applied);
     loop {
         let current = *revisions.borrow_and_update();
         if current != sent {
-            let mut update = update_for(plane.store(), base, current)?;
+            let mut update = update_for(plane.store(), base, current).await?;
             for assignment in &mut update.assignments {
-                assignment.secrets = plane.open_secrets(&assignment.function)?;
+                assignment.secrets = plane.open_secrets(&assignment.function).await?;
             }
             write_frame(send, &update).await?;
             sent = current;
@@ -125,10 +130,12 @@ async fn subscription<S: Store>(
                 Some(NodeMessage::Applied { revision }) => {
                     base = revision;
                     plane.fleet().applied(name, revision, now_ms());
+                    plane.publish(name).await;
                 }
                 Some(NodeMessage::Refused { revision, reason }) => {
                     tracing::warn!(node = name, revision, "node refused an update: {reason}");
                     plane.fleet().refused(name, revision, reason);
+                    plane.publish(name).await;
                 }
                 Some(other) => return Err(DistributionError::Refused(format!("unexpected message {other:?}"))),
             },
@@ -145,13 +152,13 @@ impl Drop for AbortOnDrop {
 }
 
 /// The update that brings a node from revision `from` to `current`.
-fn update_for(store: &impl Store, from: u64, current: u64) -> Result<Update, StoreError> {
+async fn update_for(store: &impl Store, from: u64, current: u64) -> Result<Update, StoreError> {
     if from > current {
         // The node is ahead of this control plane's log (its state was reset): start over.
-        let assignments = store.active()?.iter().map(assignment).collect();
+        let assignments = store.active().await?.iter().map(assignment).collect();
         return Ok(Update { revision: current, full: true, assignments });
     }
-    let log: Vec<Assignment> = store.changes_since(from)?.iter().map(|c| assignment(&c.active)).collect();
+    let log: Vec<Assignment> = store.changes_since(from).await?.iter().map(|c| assignment(&c.active)).collect();
     let revision = log.last().map_or(current, |a| a.revision);
     Ok(Update { revision, full: false, assignments: changes_after(from, &log) })
 }
@@ -177,7 +184,7 @@ async fn serve_fetches<S: Store>(plane: Arc<ControlPlane<S>>, connection: quinn:
                 let Some(NodeMessage::Fetch { bundle }) = read_frame(&mut recv).await? else {
                     return Err(DistributionError::Refused("a fetch stream must start with fetch".into()));
                 };
-                match plane.store().bundle(&bundle)? {
+                match plane.store().bundle(&bundle).await? {
                     Some(wire) => {
                         let answer = BundleAnswer { size: Some(wire.len() as u64), error: None };
                         write_frame(&mut send, &answer).await?;

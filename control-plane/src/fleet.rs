@@ -1,18 +1,19 @@
 //! What the control plane knows of its nodes while they are connected: which revision each
 //! has applied and when, what it refused, and from that how far a revision has spread and
 //! how long it took ([`progress`], a pure function of the fleet's state). Enrolment records
-//! live in the store; this state is rebuilt as nodes reconnect.
+//! live in the store; this state is rebuilt as nodes reconnect. Replicas sharing a store
+//! publish their part of it there, and [`merge`] puts the parts together.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tern_proto::distribution::NodeInfo;
 
 /// Acknowledgements remembered per node, enough for recent deploys.
 const ACKS_KEPT: usize = 256;
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeLive {
     pub info: Option<NodeInfo>,
     pub connected: bool,
@@ -24,7 +25,6 @@ pub struct NodeLive {
     /// The last update it refused, and why.
     pub refused: Option<(u64, String)>,
     /// (revision, when it was applied in ms since the epoch), oldest first.
-    #[serde(skip)]
     pub acks: VecDeque<(u64, u64)>,
 }
 
@@ -71,6 +71,28 @@ impl Fleet {
     pub fn snapshot(&self) -> BTreeMap<String, NodeLive> {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// What this replica knows of node `name`.
+    pub fn get(&self, name: &str) -> Option<NodeLive> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+}
+
+/// This replica's view of the nodes (`local`) joined with what other replicas published
+/// (`shared`): a node is described by the replica it is connected to; when it is connected
+/// to none (or, for a moment while it moves, to two), by the entry that heard from it last.
+pub fn merge(local: BTreeMap<String, NodeLive>, shared: BTreeMap<String, NodeLive>) -> BTreeMap<String, NodeLive> {
+    let last_heard = |n: &NodeLive| n.acks.back().map_or(0, |(_, ms)| *ms);
+    let mut out = shared;
+    for (name, mine) in local {
+        let keep_theirs = out
+            .get(&name)
+            .is_some_and(|theirs| (theirs.connected, last_heard(theirs)) > (mine.connected, last_heard(&mine)));
+        if !keep_theirs {
+            out.insert(name, mine);
+        }
+    }
+    out
 }
 
 fn record(node: &mut NodeLive, revision: u64, now_ms: u64) {
@@ -167,6 +189,31 @@ mod tests {
 
     fn info(name: &str) -> NodeInfo {
         NodeInfo { name: name.into(), region: "r".into(), location: (0.0, 0.0), listen: "127.0.0.1:1".into() }
+    }
+
+    fn live(connected: bool, applied: u64, last_ms: u64) -> NodeLive {
+        NodeLive { connected, applied, acks: [(applied, last_ms)].into(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_node_is_described_by_the_replica_it_is_connected_to() {
+        let local = BTreeMap::from([
+            ("moved".to_string(), live(false, 3, 100)),
+            ("here".to_string(), live(true, 5, 50)),
+            ("both".to_string(), live(true, 4, 200)),
+        ]);
+        let shared = BTreeMap::from([
+            ("moved".to_string(), live(true, 5, 300)),
+            ("here".to_string(), live(false, 2, 10)),
+            ("both".to_string(), live(true, 5, 250)),
+            ("there".to_string(), live(true, 1, 1)),
+        ]);
+        let merged = merge(local, shared);
+        assert_eq!(merged["moved"], live(true, 5, 300), "connected elsewhere now");
+        assert_eq!(merged["here"], live(true, 5, 50));
+        assert_eq!(merged["both"], live(true, 5, 250), "connected to two for a moment: the newest word");
+        assert_eq!(merged["there"], live(true, 1, 1));
+        assert_eq!(merged.len(), 4);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod ca;
 pub mod clock;
 pub mod deploy;
 pub mod distribute;
+pub mod etcd;
 pub mod fleet;
 pub mod keys;
 pub mod store;

@@ -1,18 +1,21 @@
 //! Where the control plane's state lives, behind one trait: bundles by id, every version of
 //! every function, which version each function runs, and the revisioned log of changes that
 //! nodes follow. [`EmbeddedStore`] keeps it in one file under the data directory (redb,
-//! crash-safe transactions). The trait is the seam for a shared store (etcd, for replicas),
-//! which is not built yet.
+//! crash-safe transactions); [`crate::etcd::EtcdStore`] keeps it in etcd, which replicas
+//! share. What each replica knows of the nodes connected to it is shared through the store
+//! too ([`Store::publish_live`]), so any replica can tell how far a deploy has spread.
 //!
 //! A change is decided inside the store's write transaction ([`Store::commit`] takes the
 //! check as a closure over the current state), so two deploys racing for the same route
 //! cannot both pass the check.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::fleet::NodeLive;
 use crate::tokens::TokenRecord;
 
 /// Bundle wire bytes by bundle id (hex).
@@ -101,37 +104,53 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0} is in use by another control plane: give each its own --data directory")]
     InUse(String),
+    /// A concurrent change took what this one meant to record; deciding again succeeds.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// The check a commit must pass, run inside the write transaction over every function's
-/// current state; its error is returned as is.
-pub type Check<'a, E> = &'a dyn Fn(&[Active]) -> Result<(), E>;
+/// current state (for etcd: again on every retry of an optimistic transaction); its error
+/// is returned as is.
+pub type Check<'a, E> = &'a (dyn Fn(&[Active]) -> Result<(), E> + Sync);
 
+/// The state's operations. Every implementation keeps revisions dense (1, 2, 3, ...) and
+/// commits atomically with its check.
 pub trait Store: Send + Sync + 'static {
-    fn put_bundle(&self, id: &str, wire: &[u8]) -> Result<(), StoreError>;
-    fn bundle(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put_bundle(&self, id: &str, wire: &[u8]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn bundle(&self, id: &str) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
     /// Every version of `function`, oldest first.
-    fn versions(&self, function: &str) -> Result<Vec<Version>, StoreError>;
+    fn versions(&self, function: &str) -> impl Future<Output = Result<Vec<Version>, StoreError>> + Send;
     /// What every function runs now.
-    fn active(&self) -> Result<Vec<Active>, StoreError>;
+    fn active(&self) -> impl Future<Output = Result<Vec<Active>, StoreError>> + Send;
     /// The latest revision (0 before the first change).
-    fn revision(&self) -> Result<u64, StoreError>;
+    fn revision(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Changes after `revision`, in order.
-    fn changes_since(&self, revision: u64) -> Result<Vec<Change>, StoreError>;
+    fn changes_since(&self, revision: u64) -> impl Future<Output = Result<Vec<Change>, StoreError>> + Send;
     /// The sealed secrets of `function`, by name.
-    fn secrets(&self, function: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    fn secrets(&self, function: &str) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StoreError>> + Send;
     /// Records an enrolled node (replacing one of the same name).
-    fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
+    fn put_node(&self, node: &NodeRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Every enrolled node, by name.
-    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    fn nodes(&self) -> impl Future<Output = Result<Vec<NodeRecord>, StoreError>> + Send;
     /// Records a created token.
-    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    fn put_token(&self, token: &TokenRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// The created token whose SHA-256 (hex) is `hash`.
-    fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    fn token(&self, hash: &str) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send;
     /// Applies `commit` if `check` passes over the current state; returns the new revision.
-    fn commit<E: From<StoreError>>(&self, commit: Commit, check: Check<'_, E>) -> Result<u64, E>
-    where
-        Self: Sized;
+    fn commit<E: From<StoreError> + Send>(
+        &self,
+        commit: Commit,
+        check: Check<'_, E>,
+    ) -> impl Future<Output = Result<u64, E>> + Send;
+    /// Sends every revision committed by anyone else sharing the store (other replicas) to
+    /// `revisions`, until the process ends. A store nobody else shares returns at once.
+    fn follow(&self, revisions: tokio::sync::watch::Sender<u64>) -> impl Future<Output = ()> + Send;
+    /// Shares what this replica knows of node `name`'s connection with the other replicas
+    /// (`None`: it is no longer connected here). A store nobody else shares keeps nothing.
+    fn publish_live(&self, name: &str, live: Option<&NodeLive>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// What the other replicas published of their connected nodes.
+    fn live(&self) -> impl Future<Output = Result<BTreeMap<String, NodeLive>, StoreError>> + Send;
 }
 
 /// The default store: one redb file.
@@ -176,19 +195,19 @@ impl EmbeddedStore {
 }
 
 impl Store for EmbeddedStore {
-    fn put_bundle(&self, id: &str, wire: &[u8]) -> Result<(), StoreError> {
+    async fn put_bundle(&self, id: &str, wire: &[u8]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(backend)?;
         txn.open_table(BUNDLES).map_err(backend)?.insert(id, wire).map_err(backend)?;
         txn.commit().map_err(backend)
     }
 
-    fn bundle(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn bundle(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(BUNDLES).map_err(backend)?;
         Ok(table.get(id).map_err(backend)?.map(|v| v.value().to_vec()))
     }
 
-    fn versions(&self, function: &str) -> Result<Vec<Version>, StoreError> {
+    async fn versions(&self, function: &str) -> Result<Vec<Version>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(VERSIONS).map_err(backend)?;
         let (from, to) = (format!("{function}/"), format!("{function}0"));
@@ -200,7 +219,7 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
-    fn active(&self) -> Result<Vec<Active>, StoreError> {
+    async fn active(&self) -> Result<Vec<Active>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(ACTIVE).map_err(backend)?;
         let mut out = Vec::new();
@@ -211,13 +230,13 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
-    fn revision(&self) -> Result<u64, StoreError> {
+    async fn revision(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(CHANGES).map_err(backend)?;
         Ok(table.last().map_err(backend)?.map_or(0, |(k, _)| k.value()))
     }
 
-    fn changes_since(&self, revision: u64) -> Result<Vec<Change>, StoreError> {
+    async fn changes_since(&self, revision: u64) -> Result<Vec<Change>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(CHANGES).map_err(backend)?;
         let mut out = Vec::new();
@@ -228,7 +247,7 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
-    fn secrets(&self, function: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    async fn secrets(&self, function: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(SECRETS).map_err(backend)?;
         let (from, to) = (format!("{function}/"), format!("{function}0"));
@@ -241,7 +260,7 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
-    fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+    async fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(backend)?;
         txn.open_table(NODES)
             .map_err(backend)?
@@ -250,7 +269,7 @@ impl Store for EmbeddedStore {
         txn.commit().map_err(backend)
     }
 
-    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(NODES).map_err(backend)?;
         let mut out = Vec::new();
@@ -261,7 +280,7 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
-    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+    async fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(backend)?;
         txn.open_table(TOKENS)
             .map_err(backend)?
@@ -270,13 +289,13 @@ impl Store for EmbeddedStore {
         txn.commit().map_err(backend)
     }
 
-    fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+    async fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(TOKENS).map_err(backend)?;
         table.get(hash).map_err(backend)?.map(|v| decode(v.value())).transpose()
     }
 
-    fn commit<E: From<StoreError>>(&self, commit: Commit, check: Check<'_, E>) -> Result<u64, E> {
+    async fn commit<E: From<StoreError> + Send>(&self, commit: Commit, check: Check<'_, E>) -> Result<u64, E> {
         let txn = self.db.begin_write().map_err(backend)?;
         let revision = {
             let mut active = txn.open_table(ACTIVE).map_err(backend)?;
@@ -294,6 +313,14 @@ impl Store for EmbeddedStore {
             }
             if let Some(version) = &commit.new_version {
                 let mut versions = txn.open_table(VERSIONS).map_err(backend)?;
+                let key = version_key(&version.function, version.number);
+                if versions.get(key.as_str()).map_err(backend)?.is_some() {
+                    return Err(StoreError::Conflict(format!(
+                        "version {} of {} was recorded by another deploy at the same moment",
+                        version.number, version.function
+                    ))
+                    .into());
+                }
                 versions
                     .insert(version_key(&version.function, version.number).as_str(), encode(version).as_slice())
                     .map_err(backend)?;
@@ -306,6 +333,16 @@ impl Store for EmbeddedStore {
         };
         txn.commit().map_err(backend)?;
         Ok(revision)
+    }
+
+    async fn follow(&self, _revisions: tokio::sync::watch::Sender<u64>) {}
+
+    async fn publish_live(&self, _name: &str, _live: Option<&NodeLive>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn live(&self) -> Result<BTreeMap<String, NodeLive>, StoreError> {
+        Ok(BTreeMap::new())
     }
 }
 
@@ -323,7 +360,7 @@ mod tests {
         }
     }
 
-    fn activate(store: &EmbeddedStore, v: &Version, new: bool) -> Result<u64, StoreError> {
+    async fn activate(store: &EmbeddedStore, v: &Version, new: bool) -> Result<u64, StoreError> {
         let active = Active {
             function: v.function.clone(),
             version: v.number,
@@ -334,38 +371,38 @@ mod tests {
             placement: vec![],
             rollout: None,
         };
-        store.commit(Commit { new_version: new.then(|| v.clone()), active, at_ms: 2, secret: None }, &|_| Ok(()))
+        store.commit(Commit { new_version: new.then(|| v.clone()), active, at_ms: 2, secret: None }, &|_| Ok(())).await
     }
 
-    #[test]
-    fn versions_active_and_changes_survive_reopening() {
+    #[tokio::test]
+    async fn versions_active_and_changes_survive_reopening() {
         let dir = tempdir();
         let path = dir.join("state.redb");
         {
             let store = EmbeddedStore::open(&path).unwrap();
-            assert_eq!(activate(&store, &version("a", 1), true).unwrap(), 1);
-            assert_eq!(activate(&store, &version("ab", 1), true).unwrap(), 2);
-            assert_eq!(activate(&store, &version("a", 2), true).unwrap(), 3);
-            assert_eq!(activate(&store, &version("a", 1), false).unwrap(), 4);
-            store.put_bundle("x", b"bytes").unwrap();
+            assert_eq!(activate(&store, &version("a", 1), true).await.unwrap(), 1);
+            assert_eq!(activate(&store, &version("ab", 1), true).await.unwrap(), 2);
+            assert_eq!(activate(&store, &version("a", 2), true).await.unwrap(), 3);
+            assert_eq!(activate(&store, &version("a", 1), false).await.unwrap(), 4);
+            store.put_bundle("x", b"bytes").await.unwrap();
         }
         let store = EmbeddedStore::open(&path).unwrap();
-        let numbers: Vec<u32> = store.versions("a").unwrap().iter().map(|v| v.number).collect();
+        let numbers: Vec<u32> = store.versions("a").await.unwrap().iter().map(|v| v.number).collect();
         assert_eq!(numbers, [1, 2], "'ab' is another function");
-        let a = store.active().unwrap().into_iter().find(|x| x.function == "a").unwrap();
+        let a = store.active().await.unwrap().into_iter().find(|x| x.function == "a").unwrap();
         assert_eq!((a.version, a.revision), (1, 4));
-        let revisions: Vec<u64> = store.changes_since(2).unwrap().iter().map(|c| c.revision).collect();
+        let revisions: Vec<u64> = store.changes_since(2).await.unwrap().iter().map(|c| c.revision).collect();
         assert_eq!(revisions, [3, 4]);
-        assert_eq!(store.bundle("x").unwrap().as_deref(), Some(&b"bytes"[..]));
-        assert_eq!(store.bundle("y").unwrap(), None);
+        assert_eq!(store.bundle("x").await.unwrap().as_deref(), Some(&b"bytes"[..]));
+        assert_eq!(store.bundle("y").await.unwrap(), None);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    #[test]
-    fn a_refused_check_changes_nothing() {
+    #[tokio::test]
+    async fn a_refused_check_changes_nothing() {
         let dir = tempdir();
         let store = EmbeddedStore::open(&dir.join("state.redb")).unwrap();
-        activate(&store, &version("a", 1), true).unwrap();
+        activate(&store, &version("a", 1), true).await.unwrap();
         let v = version("a", 2);
         let active = Active {
             function: "a".into(),
@@ -377,14 +414,29 @@ mod tests {
             placement: vec![],
             rollout: None,
         };
-        let refused =
-            store.commit(Commit { new_version: Some(v), active, at_ms: 3, secret: None }, &|current: &[Active]| {
+        let refused = store
+            .commit(Commit { new_version: Some(v), active, at_ms: 3, secret: None }, &|current: &[Active]| {
                 assert_eq!(current.len(), 1);
                 Err(StoreError::Corrupt("refused".into()))
-            });
+            })
+            .await;
         assert!(refused.is_err());
-        assert_eq!(store.versions("a").unwrap().len(), 1);
-        assert_eq!(store.changes_since(0).unwrap().len(), 1);
+        assert_eq!(store.versions("a").await.unwrap().len(), 1);
+        assert_eq!(store.changes_since(0).await.unwrap().len(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_version_number_recorded_meanwhile_is_a_conflict_and_changes_nothing() {
+        let dir = tempdir();
+        let store = EmbeddedStore::open(&dir.join("state.redb")).unwrap();
+        activate(&store, &version("a", 1), true).await.unwrap();
+        let mut again = version("a", 1);
+        again.bundle = "f".repeat(64);
+        let conflict = activate(&store, &again, true).await;
+        assert!(matches!(conflict, Err(StoreError::Conflict(_))), "{conflict:?}");
+        assert_eq!(store.versions("a").await.unwrap(), [version("a", 1)]);
+        assert_eq!(store.revision().await.unwrap(), 1);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -29,8 +29,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 pub struct AgentConfig {
     /// The control plane's API, `http://host:port`; its distribution endpoint is the same
-    /// host and port over UDP.
-    pub control_plane: String,
+    /// host and port over UDP. With several (replicas sharing a store), the node uses the
+    /// first that answers and moves to the next when it stops answering.
+    pub control_plane: Vec<String>,
     pub join_token: Option<String>,
     pub node: NodeInfo,
     pub data: PathBuf,
@@ -79,12 +80,15 @@ pub async fn run(
     }
     let _ = restored.send(());
     let mut backoff = BACKOFF_FIRST;
+    // Which of the control plane's addresses is tried next.
+    let mut which = 0;
     loop {
+        let url = config.control_plane.get(which % config.control_plane.len().max(1)).cloned().unwrap_or_default();
         let current = match &identity {
             Some(identity) => identity.clone(),
             None => {
                 let token = config.join_token.as_deref().ok_or(AgentError::NoToken)?;
-                match Identity::enroll(&config.data, &config.control_plane, token, &config.node).await {
+                match Identity::enroll(&config.data, &url, token, &config.node).await {
                     Ok(enrolled) => {
                         tracing::info!(node = %config.node.name, "enrolled with the control plane");
                         agent.restore(&enrolled).await;
@@ -93,6 +97,7 @@ pub async fn run(
                     }
                     Err(e @ IdentityError::Unreachable { .. }) => {
                         tracing::warn!("{e}; trying again");
+                        which += 1;
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                         continue;
@@ -101,10 +106,11 @@ pub async fn run(
                 }
             }
         };
-        match agent.session(&config, &current).await {
+        match agent.session(&url, &config, &current).await {
             Ok(()) => {}
-            Err(e) => tracing::warn!("distribution: {e}; reconnecting"),
+            Err(e) => tracing::warn!("distribution ({url}): {e}; reconnecting"),
         }
+        which += 1;
         if agent.connected_once {
             backoff = BACKOFF_FIRST;
             agent.connected_once = false;
@@ -134,10 +140,10 @@ impl Agent {
         (self.apply)(serving(&self.state, &self.bundles)).await;
     }
 
-    async fn session(&mut self, config: &AgentConfig, identity: &Identity) -> Result<(), SessionError> {
+    async fn session(&mut self, url: &str, config: &AgentConfig, identity: &Identity) -> Result<(), SessionError> {
         let client = identity.client_config().map_err(SessionError::Connect)?;
         let key = identity.verifying_key().map_err(SessionError::Connect)?;
-        let address = resolve(&config.control_plane).await.map_err(SessionError::Connect)?;
+        let address = resolve(url).await.map_err(SessionError::Connect)?;
         let bind: SocketAddr = if address.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid");
         let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| SessionError::Connect(e.to_string()))?;
         endpoint.set_default_client_config(client);

@@ -190,24 +190,34 @@ fn same_nodes(known: &[(Arc<NodeEntry>, Mutex<Tracker>)], listed: &[NodeEntry]) 
     known.len() == listed.len() && known.iter().zip(listed).all(|((a, _), b)| **a == *b)
 }
 
-/// Keeps `directory` up to date with the control plane at `control_plane` (`http://host:port`)
-/// until the process ends; failures are logged and retried.
+/// Keeps `directory` up to date with the control plane at `control_plane` (`http://host:port`,
+/// or a comma-separated list of replicas, used in turn when one fails) until the process
+/// ends; failures are logged and retried.
 pub async fn follow(directory: Arc<Directory>, control_plane: String, token: String) {
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let base = format!("{}/v1/topology", control_plane.trim_end_matches('/'));
+    let bases: Vec<String> = control_plane
+        .split(',')
+        .map(|u| format!("{}/v1/topology", u.trim().trim_end_matches('/')))
+        .filter(|u| u != "/v1/topology")
+        .collect();
+    let mut which = 0;
     let mut failing = false;
     let mut known: Option<u64> = None;
     loop {
+        let base = &bases[which % bases.len()];
         let url = known.map_or_else(|| base.clone(), |r| format!("{base}?after={r}"));
         let started = Instant::now();
         match fetch(&client, &url, &token).await {
             Ok(topology) => {
                 if failing {
-                    tracing::info!("the control plane answers again");
+                    tracing::info!("{base} answers");
                     failing = false;
                 }
-                known = Some(topology.revision);
-                directory.update(topology);
+                // A replica behind the others does not take the router back in time.
+                if known.is_none_or(|r| topology.revision >= r) {
+                    known = Some(topology.revision);
+                    directory.update(topology);
+                }
                 // A control plane that does not hold the ask is not asked in a busy loop.
                 tokio::time::sleep(Duration::from_millis(100).saturating_sub(started.elapsed())).await;
             }
@@ -216,6 +226,7 @@ pub async fn follow(directory: Arc<Directory>, control_plane: String, token: Str
                     tracing::warn!("cannot read the topology from {base}: {e}; routing on what is known");
                     failing = true;
                 }
+                which += 1;
                 tokio::time::sleep(RETRY).await;
             }
         }

@@ -2,6 +2,7 @@
 //! talks HTTP/1.1 or HTTP/2 (h2c) to it through hyper. No test-only code paths in the product.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod netns;
 pub mod platform;
 

@@ -7,6 +7,16 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
 use super::PATIENCE;
+use super::etcd::Etcd;
+
+/// Where a test's control plane keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The default: one file under the data directory.
+    Embedded,
+    /// A real etcd the test starts, one per control plane (dropped with it).
+    Etcd,
+}
 
 /// A running `tern control-plane`.
 pub struct ControlPlane {
@@ -16,6 +26,10 @@ pub struct ControlPlane {
     pub join_token: String,
     data: PathBuf,
     pub output: Arc<Mutex<String>>,
+    /// `--store`, if not the embedded one.
+    pub store: Option<String>,
+    /// The etcd this control plane started for itself, if any.
+    pub etcd: Option<Arc<Etcd>>,
 }
 
 /// A command that starts the `tern` binary, behind `wrapper` (like `ip netns exec NS`) if any.
@@ -36,6 +50,25 @@ impl ControlPlane {
         Self::start_on(data, "127.0.0.1:0")
     }
 
+    /// Starts on a free port with its state in `backend` (an etcd of its own, with its
+    /// data beside `data`, for [`Backend::Etcd`]).
+    pub fn start_in(data: &Path, backend: Backend) -> Self {
+        match backend {
+            Backend::Embedded => Self::start(data),
+            Backend::Etcd => {
+                let etcd = Arc::new(Etcd::start(&data.with_extension("etcd")));
+                let mut cp = Self::start_with_store(data, "127.0.0.1:0", &etcd.url);
+                cp.etcd = Some(etcd);
+                cp
+            }
+        }
+    }
+
+    /// Starts on `listen` with `--store STORE` (a replica of any other naming it).
+    pub fn start_with_store(data: &Path, listen: &str, store: &str) -> Self {
+        Self::spawn(&[], data, listen, Some(store))
+    }
+
     /// Starts on `listen` (to come back on the same address after a stop).
     pub fn start_on(data: &Path, listen: &str) -> Self {
         Self::start_wrapped(&[], data, listen)
@@ -43,27 +76,46 @@ impl ControlPlane {
 
     /// Starts behind `wrapper` (see [`tern_command`]) on `listen`.
     pub fn start_wrapped(wrapper: &[String], data: &Path, listen: &str) -> Self {
-        let mut child = tern_command(wrapper)
-            .args(["--log-format", "json", "control-plane", "--listen", listen, "--data"])
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tern control-plane");
+        Self::spawn(wrapper, data, listen, None)
+    }
+
+    fn spawn(wrapper: &[String], data: &Path, listen: &str, store: Option<&str>) -> Self {
+        let mut command = tern_command(wrapper);
+        command.args(["--log-format", "json", "control-plane", "--listen", listen, "--data"]).arg(data);
+        if let Some(store) = store {
+            command.args(["--store", store]);
+        }
+        let mut child =
+            command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start tern control-plane");
+        let (output, _) = capture(child.stderr.take().unwrap());
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().expect("a first line").unwrap();
+        let Some(Ok(first)) = lines.next() else {
+            let _ = child.wait();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            panic!("tern control-plane printed nothing:\n{}", output.lock().unwrap());
+        };
         let url = first.strip_prefix("tern control-plane: listening on ").expect(&first).to_string();
         std::thread::spawn(move || lines.for_each(drop));
-        let (output, _) = capture(child.stderr.take().unwrap());
         let read = |file: &str| std::fs::read_to_string(data.join(file)).unwrap().trim().to_string();
-        Self { child, url, token: read("admin-token"), join_token: read("join-token"), data: data.to_owned(), output }
+        Self {
+            child,
+            url,
+            token: read("admin-token"),
+            join_token: read("join-token"),
+            data: data.to_owned(),
+            output,
+            store: store.map(str::to_string),
+            etcd: None,
+        }
     }
 
     /// Stops it (SIGKILL) and starts it again on the same address and data.
     pub fn restart(&mut self) {
         self.stop();
         let listen = self.url.strip_prefix("http://").unwrap().to_string();
-        *self = Self::start_on(&self.data.clone(), &listen);
+        let etcd = self.etcd.take();
+        *self = Self::spawn(&[], &self.data.clone(), &listen, self.store.clone().as_deref());
+        self.etcd = etcd;
     }
 
     pub fn stop(&mut self) {
@@ -108,14 +160,19 @@ pub struct Node {
 impl Node {
     /// `tern node` named `name`, enrolling with `cp`'s join token, data under `data`.
     pub fn start(cp: &ControlPlane, name: &str, region: &str, data: &Path) -> Self {
+        Self::start_at(&cp.url, &cp.join_token, name, region, data)
+    }
+
+    /// `tern node --control-plane CONTROL_PLANE` (one URL or a comma-separated list).
+    pub fn start_at(control_plane: &str, join_token: &str, name: &str, region: &str, data: &Path) -> Self {
         let args: Vec<String> = [
             "--log-format",
             "json",
             "node",
             "--control-plane",
-            &cp.url,
+            control_plane,
             "--join-token",
-            &cp.join_token,
+            join_token,
             "--name",
             name,
             "--region",
