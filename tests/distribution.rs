@@ -500,6 +500,66 @@ async fn replicas_sharing_etcd_keep_deploying_and_lose_nothing_when_one_is_kille
     assert_eq!(revision.lines().nth(1), Some("10"), "one revision per deploy, none skipped: {revision}");
 }
 
+#[tokio::test]
+async fn a_control_plane_says_when_etcd_is_unreachable_or_holds_another_platforms_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = |data: &str, store: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["control-plane", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join(data))
+            .args(["--store", store])
+            .output()
+            .unwrap()
+    };
+    // Nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = tern("lonely", &format!("etcd://127.0.0.1:{port}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&format!("127.0.0.1:{port}")) && err.contains("etcd"), "{err}");
+
+    let etcd = support::etcd::Etcd::start(&dir.path().join("etcd"));
+    let first = ControlPlane::start_with_store(&dir.path().join("cp"), "127.0.0.1:0", &etcd.url);
+    ok(first.tern(&["deploy", project("shop", "one", "").path().to_str().unwrap()]));
+    // A data directory made by another control plane (its own keys) cannot join.
+    drop(ControlPlane::start(&dir.path().join("other")));
+    let out = tern("other", &etcd.url);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("signing-key.pk8 differs") && err.contains("start this replica with an empty --data"),
+        "{err}"
+    );
+    // Another prefix is another platform: that directory is welcome there.
+    let staging =
+        ControlPlane::start_with_store(&dir.path().join("other"), "127.0.0.1:0", &format!("{}/staging", etcd.url));
+    assert!(!ok(staging.tern(&["status"])).contains("shop"));
+    assert!(ok(first.tern(&["status"])).contains("shop"));
+}
+
+#[tokio::test]
+async fn with_etcd_down_deploys_fail_saying_so_and_nodes_keep_serving_until_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut etcd = support::etcd::Etcd::start(&dir.path().join("etcd"));
+    let cp = ControlPlane::start_with_store(&dir.path().join("cp"), "127.0.0.1:0", &etcd.url);
+    let node = Node::start(&cp, "a", "eu-west", &dir.path().join("a"));
+    all_connected(&cp, &[&node]).await;
+    let site = project("site", "one", "");
+    let path = site.path().to_str().unwrap();
+    ok(cp.tern(&["deploy", path]));
+
+    etcd.stop();
+    set_body(&site, "two");
+    let out = cp.tern(&["deploy", path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("store_failed") && err.contains("etcd"), "{err}");
+    assert_eq!(ask(&node, "site.localhost", "/").await.text, "one", "the node serves what it has");
+
+    etcd.restart();
+    let out = ok(cp.tern(&["deploy", path]));
+    assert!(out.contains("version 2 ") && out.contains("live on 1 node"), "{out}");
+    assert_eq!(ask(&node, "site.localhost", "/").await.text, "two");
+}
+
 /// Each scenario once per store.
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {

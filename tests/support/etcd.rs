@@ -11,6 +11,7 @@ use super::PATIENCE;
 
 pub struct Etcd {
     child: Child,
+    peer_port: u16,
     /// `etcd://127.0.0.1:PORT`, as `tern control-plane --store` takes it.
     pub url: String,
     pub client_port: u16,
@@ -24,11 +25,26 @@ fn free_port() -> u16 {
 impl Etcd {
     /// Starts a one-member cluster with its data under `dir`; returns once it answers.
     pub fn start(dir: &Path) -> Self {
+        Self::start_on(dir, free_port(), free_port())
+    }
+
+    /// Kills it (SIGKILL).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        *self = Self::start_on(&self.dir.clone(), self.client_port, self.peer_port);
+    }
+
+    fn start_on(dir: &Path, client: u16, peer: u16) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let (client, peer) = (free_port(), free_port());
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("etcd.log")).unwrap();
         let child = Command::new("etcd")
             .args(["--name", "test", "--data-dir"])
             .arg(dir.join("data"))
@@ -41,7 +57,13 @@ impl Etcd {
             .unwrap_or_else(|e| {
                 panic!("cannot start etcd ({e}): install Debian's etcd-server (scripts/install-deps.sh does)")
             });
-        let etcd = Self { child, url: format!("etcd://127.0.0.1:{client}"), client_port: client, dir: dir.to_owned() };
+        let etcd = Self {
+            child,
+            peer_port: peer,
+            url: format!("etcd://127.0.0.1:{client}"),
+            client_port: client,
+            dir: dir.to_owned(),
+        };
         let started = Instant::now();
         loop {
             let health = Command::new("etcdctl")
@@ -73,7 +95,6 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
