@@ -560,6 +560,40 @@ async fn with_etcd_down_deploys_fail_saying_so_and_nodes_keep_serving_until_it_r
     assert_eq!(ask(&node, "site.localhost", "/").await.text, "two");
 }
 
+#[tokio::test]
+async fn a_replica_whose_lease_is_lost_publishes_its_nodes_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = support::etcd::Etcd::start(&dir.path().join("etcd"));
+    let cp = ControlPlane::start_with_store(&dir.path().join("cp"), "127.0.0.1:0", &etcd.url);
+    let node = Node::start(&cp, "a", "eu-west", &dir.path().join("a"));
+    all_connected(&cp, &[&node]).await;
+    let lease = std::fs::read_to_string(dir.path().join("cp/etcd-lease")).unwrap();
+    assert!(
+        etcd.get_prefix("/tern/live/").contains(&format!("/tern/live/a/{:x}", lease.trim().parse::<i64>().unwrap()))
+    );
+    // As if etcd had been out of reach longer than the lease: the records go with it.
+    let revoke = std::process::Command::new("etcdctl")
+        .args(["--endpoints", &format!("http://127.0.0.1:{}", etcd.client_port), "lease", "revoke"])
+        .arg(format!("{:x}", lease.trim().parse::<i64>().unwrap()))
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    assert!(revoke.status.success(), "{revoke:?}");
+    let started = Instant::now();
+    loop {
+        let renewed = std::fs::read_to_string(dir.path().join("cp/etcd-lease")).unwrap();
+        if renewed != lease && etcd.get_prefix("/tern/live/").contains("/tern/live/a/") {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the node's record was not published again:\n{}",
+            cp.output.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Each scenario once per store.
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{
@@ -74,9 +74,17 @@ pub struct EtcdStore {
     client: Client,
     kv: KvClient,
     prefix: String,
-    /// This replica's lease for its live records (granted at the first record) and the
-    /// records it published, put again under a new lease if the old one was lost.
-    live: tokio::sync::Mutex<Option<i64>>,
+    live: Arc<LiveShare>,
+}
+
+/// This replica's live records: the lease they live under (granted at the first record and
+/// kept alive) and what was published, put again under a new lease if the old one is lost
+/// (etcd out of reach for longer than [`LIVE_TTL_S`]).
+struct LiveShare {
+    client: Client,
+    kv: KvClient,
+    prefix: String,
+    lease: tokio::sync::Mutex<Option<i64>>,
     published: Mutex<BTreeMap<String, NodeLive>>,
     /// Where the lease's id is kept, so that this replica, restarted, revokes the records
     /// its previous run left (instead of them saying for [`LIVE_TTL_S`] that nodes are
@@ -114,20 +122,21 @@ impl EtcdStore {
             .map_err(|_| backend(format!("no member of {} answered within 5 s", url.endpoints.join(","))))?
             .map_err(|e| backend(format!("cannot connect to {}: {e}", url.endpoints.join(","))))?;
         let kv = client.kv_client().max_decoding_message_size(256 << 20);
-        let store = Self {
-            client,
-            kv,
+        let live = Arc::new(LiveShare {
+            client: client.clone(),
+            kv: kv.clone(),
             prefix: url.prefix.clone(),
-            live: tokio::sync::Mutex::new(None),
+            lease: tokio::sync::Mutex::new(None),
             published: Mutex::new(BTreeMap::new()),
             lease_file: data.map(|d| d.join("etcd-lease")),
-        };
+        });
+        let store = Self { client, kv, prefix: url.prefix.clone(), live };
         // A first request, so that a wrong address fails here and not at the first deploy.
         tokio::time::timeout(Duration::from_secs(5), store.kv().get(store.key("revision"), None))
             .await
             .map_err(|_| backend(format!("{} did not answer within 5 s", url.endpoints.join(","))))?
             .map_err(|e| backend(format!("{}: {e}", url.endpoints.join(","))))?;
-        let previous = store.lease_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok());
+        let previous = store.live.lease_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok());
         if let Some(id) = previous.and_then(|s| s.trim().parse::<i64>().ok()) {
             // Gone already if the previous run ended more than the TTL ago.
             let _ = store.client.clone().lease_revoke(id).await;
@@ -212,37 +221,108 @@ impl EtcdStore {
         }
         Ok(())
     }
+}
 
-    /// The lease this replica's live records live under, granted (and kept alive) at first use.
-    async fn lease(&self) -> Result<i64, StoreError> {
-        let mut live = self.live.lock().await;
-        if let Some(id) = *live {
-            return Ok(id);
-        }
-        let mut client = self.client.clone();
-        let id = client.lease_grant(LIVE_TTL_S, None).await.map_err(backend)?.id();
-        let (mut keeper, mut answers) = client.lease_keep_alive(id).await.map_err(backend)?;
-        *live = Some(id);
-        if let Some(file) = &self.lease_file
-            && let Err(e) = std::fs::write(file, id.to_string())
-        {
-            tracing::warn!("cannot keep the lease id in {}: {e}", file.display());
-        }
+impl LiveShare {
+    /// The lease the records live under, granted (and kept alive) at first use. (Boxed:
+    /// granting spawns the keeper, which may come back here.)
+    fn lease(self: &Arc<Self>) -> std::pin::Pin<Box<dyn Future<Output = Result<i64, StoreError>> + Send + '_>> {
+        Box::pin(async move {
+            let mut lease = self.lease.lock().await;
+            if let Some(id) = *lease {
+                return Ok(id);
+            }
+            let mut client = self.client.clone();
+            let id = client.lease_grant(LIVE_TTL_S, None).await.map_err(backend)?.id();
+            let (keeper, answers) = client.lease_keep_alive(id).await.map_err(backend)?;
+            *lease = Some(id);
+            if let Some(file) = &self.lease_file
+                && let Err(e) = std::fs::write(file, id.to_string())
+            {
+                tracing::warn!("cannot keep the lease id in {}: {e}", file.display());
+            }
+            tokio::spawn(self.clone().keep(id, keeper, answers));
+            Ok(id)
+        })
+    }
+
+    /// Keeps lease `id` alive; when it is lost, publishes everything again under a new one
+    /// as soon as etcd answers.
+    async fn keep(
+        self: Arc<Self>,
+        id: i64,
+        mut keeper: etcd_client::LeaseKeeper,
+        mut answers: etcd_client::LeaseKeepAliveStream,
+    ) {
         let interval = Duration::from_secs((LIVE_TTL_S as u64 / 3).max(1));
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(interval).await;
-                let alive = match keeper.keep_alive().await {
-                    Ok(()) => matches!(answers.message().await, Ok(Some(answer)) if answer.ttl() > 0),
-                    Err(_) => false,
-                };
-                if !alive {
-                    tracing::warn!(lease = id, "the lease of this replica's live records was lost");
-                    return;
+        loop {
+            tokio::time::sleep(interval).await;
+            let alive = match keeper.keep_alive().await {
+                Ok(()) => matches!(answers.message().await, Ok(Some(answer)) if answer.ttl() > 0),
+                Err(_) => false,
+            };
+            if alive {
+                continue;
+            }
+            tracing::warn!(lease = id, "the lease of this replica's node records was lost; publishing them again");
+            {
+                let mut lease = self.lease.lock().await;
+                if *lease == Some(id) {
+                    *lease = None;
                 }
             }
-        });
-        Ok(id)
+            loop {
+                match self.republish().await {
+                    Ok(()) => return,
+                    Err(e) => tracing::debug!("publishing the node records again: {e}"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    fn key(&self, name: &str, lease: i64) -> String {
+        format!("{}live/{name}/{lease:x}", self.prefix)
+    }
+
+    async fn put(&self, name: &str, live: &NodeLive, lease: i64) -> Result<(), StoreError> {
+        let options = Some(PutOptions::new().with_lease(lease));
+        self.kv.clone().put(self.key(name, lease), encode(live), options).await.map_err(backend)?;
+        Ok(())
+    }
+
+    /// Everything published, under the (new) lease.
+    async fn republish(self: &Arc<Self>) -> Result<(), StoreError> {
+        let lease = self.lease().await?;
+        let all = self.published.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (name, live) in &all {
+            self.put(name, live, lease).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish(self: &Arc<Self>, name: &str, live: Option<&NodeLive>) -> Result<(), StoreError> {
+        let lease = self.lease().await?;
+        match live {
+            Some(live) => {
+                self.published.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), live.clone());
+                if self.put(name, live, lease).await.is_err() {
+                    // The lease may be gone, and every record under it.
+                    {
+                        let mut current = self.lease.lock().await;
+                        if *current == Some(lease) {
+                            *current = None;
+                        }
+                    }
+                    self.republish().await?;
+                }
+            }
+            None => {
+                self.published.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+                self.kv.clone().delete(self.key(name, lease), None).await.map_err(backend)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -413,10 +493,15 @@ impl Store for EtcdStore {
 
     async fn follow(&self, revisions: tokio::sync::watch::Sender<u64>) {
         let mut pause = Duration::from_millis(100);
+        let mut failing = false;
         loop {
-            match self.follow_once(&revisions).await {
+            match self.follow_once(&revisions, &mut failing).await {
                 Ok(()) => pause = Duration::from_millis(100),
-                Err(e) => tracing::warn!("following etcd's revisions: {e}; again in {} ms", pause.as_millis()),
+                Err(e) if !failing => {
+                    tracing::warn!("following etcd's revisions: {e}; trying again until it answers");
+                    failing = true;
+                }
+                Err(e) => tracing::debug!("following etcd's revisions: {e}"),
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
@@ -424,31 +509,7 @@ impl Store for EtcdStore {
     }
 
     async fn publish_live(&self, name: &str, live: Option<&NodeLive>) -> Result<(), StoreError> {
-        let lease = self.lease().await?;
-        let key = self.key(&format!("live/{name}/{lease:x}"));
-        match live {
-            Some(live) => {
-                self.published.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), live.clone());
-                let put = self.kv().put(key, encode(live), Some(PutOptions::new().with_lease(lease))).await;
-                if put.is_err() {
-                    // The lease is gone (etcd was out of reach longer than its TTL), and every
-                    // record under it: a new lease, and everything published again.
-                    *self.live.lock().await = None;
-                    let lease = self.lease().await?;
-                    let all = self.published.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    for (name, live) in all {
-                        let key = self.key(&format!("live/{name}/{lease:x}"));
-                        let options = Some(PutOptions::new().with_lease(lease));
-                        self.kv().put(key, encode(&live), options).await.map_err(backend)?;
-                    }
-                }
-            }
-            None => {
-                self.published.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
-                self.kv().delete(key, None).await.map_err(backend)?;
-            }
-        }
-        Ok(())
+        self.live.publish(name, live).await
     }
 
     async fn live(&self) -> Result<BTreeMap<String, NodeLive>, StoreError> {
@@ -466,7 +527,11 @@ impl Store for EtcdStore {
 
 impl EtcdStore {
     /// Watches `revision` and passes every newer value on, until the watch ends.
-    async fn follow_once(&self, revisions: &tokio::sync::watch::Sender<u64>) -> Result<(), StoreError> {
+    async fn follow_once(
+        &self,
+        revisions: &tokio::sync::watch::Sender<u64>,
+        failing: &mut bool,
+    ) -> Result<(), StoreError> {
         let advance = |revision: u64| {
             revisions.send_if_modified(|r| {
                 let newer = revision > *r;
@@ -477,6 +542,9 @@ impl EtcdStore {
         let mut stream = self.client.clone().watch(self.key("revision"), None).await.map_err(backend)?;
         // Anything committed before the watch began.
         advance(self.revision().await?);
+        if std::mem::take(failing) {
+            tracing::info!("following etcd's revisions again");
+        }
         while let Some(answer) = stream.message().await.map_err(backend)? {
             for event in answer.events() {
                 if let Some(revision) = event.kv().and_then(|kv| kv.value_str().ok()).and_then(|s| s.parse().ok()) {

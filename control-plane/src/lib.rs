@@ -2,7 +2,8 @@
 //! each function runs through an HTTP/JSON API with bearer tokens, and streams it to every
 //! node.
 //!
-//! Owns the state ([`store`]: an embedded single-file store by default) and the pure
+//! Owns the state ([`store`]: an embedded single-file store by default; [`etcd`]: etcd,
+//! shared by replicas) and the pure
 //! decisions about it ([`deploy`]: version numbering, route conflicts, rollback targets),
 //! wall-clock times ([`clock`]), the data directory's secrets ([`keys`]: the signing key and the tokens; [`tokens`]: join
 //! tokens that expire; [`vault`]: the
