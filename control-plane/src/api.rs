@@ -140,6 +140,11 @@ impl<S: Store> ControlPlane<S> {
         }
     }
 
+    /// What `function` runs now, if it exists.
+    async fn active_of(&self, function: &str) -> Result<Option<Active>, StoreError> {
+        Ok(self.store.active().await?.into_iter().find(|a| a.function == function))
+    }
+
     /// Every node's connection as this replica and the others know it.
     async fn live(&self) -> Result<std::collections::BTreeMap<String, crate::fleet::NodeLive>, StoreError> {
         Ok(crate::fleet::merge(self.fleet.snapshot(), self.store.live().await?))
@@ -388,7 +393,7 @@ impl<S: Store> ControlPlane<S> {
         claims: Claims,
     ) -> Result<(StatusCode, serde_json::Value), ApiError> {
         let versions = self.store.versions(function).await?;
-        let active = self.store.active().await?.into_iter().find(|a| a.function == function);
+        let active = self.active_of(function).await?;
         if let Some(active) = active.filter(|a| a.bundle == id) {
             // Already what the function runs: nothing changes, no new revision.
             let signature = versions.iter().find(|v| v.number == active.version).map(|v| v.signature.clone());
@@ -455,13 +460,7 @@ impl<S: Store> ControlPlane<S> {
         value: &[u8],
     ) -> Result<(StatusCode, serde_json::Value), ApiError> {
         check_secret(name, value).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_secret", e))?;
-        let active = self
-            .store
-            .active()
-            .await?
-            .into_iter()
-            .find(|a| a.function == function)
-            .ok_or_else(|| DeployError::UnknownFunction(function.into()))?;
+        let active = self.active_of(function).await?.ok_or_else(|| DeployError::UnknownFunction(function.into()))?;
         let entry = format!("{function}/{name}");
         let sealed = self.vault.seal(&entry, value);
         let commit = Commit {
@@ -490,13 +489,7 @@ impl<S: Store> ControlPlane<S> {
             .map_err(|e| bad(e.to_string()))?;
         let wanted = request.version.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
         let versions = self.store.versions(name).await?;
-        let active = self
-            .store
-            .active()
-            .await?
-            .into_iter()
-            .find(|a| a.function == name)
-            .ok_or_else(|| DeployError::UnknownFunction(name.into()))?;
+        let active = self.active_of(name).await?.ok_or_else(|| DeployError::UnknownFunction(name.into()))?;
         let candidate = deploy::rollout_candidate(name, &versions, &active, wanted.as_deref(), rule)?;
         let stable = active.version;
         let active = Active { rollout: candidate.clone(), revision: 0, ..active };
@@ -617,13 +610,13 @@ impl<S: Store> ControlPlane<S> {
         if versions.is_empty() {
             return Err(DeployError::UnknownFunction(name.into()).into());
         }
-        let active = self.store.active().await?.into_iter().find(|a| a.function == name);
+        let active = self.active_of(name).await?;
         Ok((StatusCode::OK, json!({ "function": name, "active": active.map(|a| a.version), "versions": versions })))
     }
 
     async fn rollback(&self, name: &str, to: Option<&str>) -> Result<(StatusCode, serde_json::Value), ApiError> {
         let versions = self.store.versions(name).await?;
-        let active = self.store.active().await?.into_iter().find(|a| a.function == name);
+        let active = self.active_of(name).await?;
         let target = deploy::rollback_target(name, &versions, active.as_ref(), to)?.clone();
         let wire = self.store.bundle(&target.bundle).await?.ok_or_else(|| {
             StoreError::Corrupt(format!("version {} of {name} has no bundle {}", target.number, target.bundle))

@@ -345,11 +345,12 @@ fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-fn chunk_count(key: &[u8], bytes: &[u8]) -> Result<usize, StoreError> {
+/// A decimal number stored under `key` (a revision, a chunk count).
+fn number(key: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
     std::str::from_utf8(bytes)
         .ok()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| StoreError::Corrupt(format!("etcd key {}: not a chunk count", String::from_utf8_lossy(key))))
+        .ok_or_else(|| StoreError::Corrupt(format!("etcd key {}: not a number", String::from_utf8_lossy(key))))
 }
 
 impl Store for EtcdStore {
@@ -369,7 +370,7 @@ impl Store for EtcdStore {
     async fn bundle(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = self.key(&format!("bundles/{id}"));
         let Some(count) = self.one(&format!("bundles/{id}")).await? else { return Ok(None) };
-        let count = chunk_count(key.as_bytes(), &count)?;
+        let count = number(key.as_bytes(), &count)?;
         let mut wire = Vec::new();
         for n in 0..count {
             let chunk = self
@@ -392,10 +393,7 @@ impl Store for EtcdStore {
     async fn revision(&self) -> Result<u64, StoreError> {
         match self.one("revision").await? {
             None => Ok(0),
-            Some(bytes) => std::str::from_utf8(&bytes)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| StoreError::Corrupt(format!("etcd key {}revision: not a number", self.prefix))),
+            Some(bytes) => number(self.key("revision").as_bytes(), &bytes),
         }
     }
 
@@ -441,14 +439,10 @@ impl Store for EtcdStore {
             let read = self.kv().get(revision_key.as_str(), None).await.map_err(backend)?;
             let (last, guard) = match read.kvs().first() {
                 None => (0, Compare::create_revision(revision_key.as_str(), CompareOp::Equal, 0)),
-                Some(kv) => {
-                    let last = kv
-                        .value_str()
-                        .ok()
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .ok_or_else(|| StoreError::Corrupt(format!("etcd key {revision_key}: not a number")))?;
-                    (last, Compare::mod_revision(revision_key.as_str(), CompareOp::Equal, kv.mod_revision()))
-                }
+                Some(kv) => (
+                    number(kv.key(), kv.value())?,
+                    Compare::mod_revision(revision_key.as_str(), CompareOp::Equal, kv.mod_revision()),
+                ),
             };
             let current = self.active().await?;
             check(&current)?;
@@ -519,7 +513,7 @@ impl Store for EtcdStore {
             let rest = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
             let Some((name, _replica)) = rest.split_once('/') else { continue };
             let live: NodeLive = decode(&key, &value)?;
-            out = crate::fleet::merge(out, BTreeMap::from([(name.to_string(), live)]));
+            crate::fleet::add(&mut out, name.to_string(), live);
         }
         Ok(out)
     }
@@ -547,7 +541,7 @@ impl EtcdStore {
         }
         while let Some(answer) = stream.message().await.map_err(backend)? {
             for event in answer.events() {
-                if let Some(revision) = event.kv().and_then(|kv| kv.value_str().ok()).and_then(|s| s.parse().ok()) {
+                if let Some(revision) = event.kv().and_then(|kv| number(kv.key(), kv.value()).ok()) {
                     advance(revision);
                 }
             }

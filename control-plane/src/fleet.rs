@@ -82,17 +82,19 @@ impl Fleet {
 /// (`shared`): a node is described by the replica it is connected to; when it is connected
 /// to none (or, for a moment while it moves, to two), by the entry that heard from it last.
 pub fn merge(local: BTreeMap<String, NodeLive>, shared: BTreeMap<String, NodeLive>) -> BTreeMap<String, NodeLive> {
-    let last_heard = |n: &NodeLive| n.acks.back().map_or(0, |(_, ms)| *ms);
     let mut out = shared;
     for (name, mine) in local {
-        let keep_theirs = out
-            .get(&name)
-            .is_some_and(|theirs| (theirs.connected, last_heard(theirs)) > (mine.connected, last_heard(&mine)));
-        if !keep_theirs {
-            out.insert(name, mine);
-        }
+        add(&mut out, name, mine);
     }
     out
+}
+
+/// Adds `live` to `nodes` unless the entry there for `name` says more (see [`merge`]).
+pub fn add(nodes: &mut BTreeMap<String, NodeLive>, name: String, live: NodeLive) {
+    let rank = |n: &NodeLive| (n.connected, n.acks.back().map_or(0, |(_, ms)| *ms));
+    if nodes.get(&name).is_none_or(|there| rank(there) <= rank(&live)) {
+        nodes.insert(name, live);
+    }
 }
 
 fn record(node: &mut NodeLive, revision: u64, now_ms: u64) {
