@@ -3,7 +3,8 @@
 //! over QUIC with mutual TLS. What a node serves is checked by asking it over HTTP.
 //!
 //! Every scenario runs twice: with the control plane's embedded store (module `embedded`)
-//! and with its state in a real etcd started for the test (module `etcd`).
+//! and with its state in a real etcd started for the test (module `etcd`). The relay's
+//! scenarios (module `relay`) do not depend on the store and run once.
 
 mod support;
 
@@ -11,7 +12,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Instant;
 
-use support::platform::{Backend, ControlPlane, Node};
+use support::platform::{Backend, ControlPlane, Node, Relay};
 use support::*;
 
 fn ok(output: Output) -> String {
@@ -595,6 +596,132 @@ async fn a_replica_whose_lease_is_lost_publishes_its_nodes_again() {
 }
 
 /// Each scenario once per store.
+/// Waits (at most [`PATIENCE`]) until `tern status` has a line for `name` for which `want`
+/// holds; that line.
+async fn status_line(cp: &ControlPlane, name: &str, want: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        let status = ok(cp.tern(&["status"]));
+        if let Some(line) = status.lines().find(|l| l.starts_with(&format!("{name:<16} ")) && want(l)) {
+            return line.to_string();
+        }
+        assert!(started.elapsed() < PATIENCE, "no status line for {name} as wanted:\n{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The column `VIA` of a node's status line: `direct`, a relay's name, or `-`.
+fn via(line: &str) -> &str {
+    line.split_whitespace().nth(3).unwrap_or_default()
+}
+
+mod relay {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_relay_feeds_the_nodes_below_it_and_the_control_plane_knows_what_each_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cp = ControlPlane::start(&dir.path().join("cp"));
+        let mut relay = Relay::start(&cp, "r1", &dir.path().join("r1"));
+        let mut nodes: Vec<Node> = ["a", "b", "c"]
+            .map(|name| Node::start_via(&cp, &relay, name, "eu-west", &dir.path().join(name)))
+            .into_iter()
+            .collect();
+        for node in &nodes {
+            status_line(&cp, &node.name, |l| l.contains(" connected ") && via(l) == "r1").await;
+        }
+        let relay_line = status_line(&cp, "r1", |l| l.contains(" connected ")).await;
+        assert!(relay_line.ends_with(&relay.addr), "{relay_line}");
+
+        // Deploy, update and rollback: each is acknowledged by the nodes through the relay.
+        let shop = project("shop", "one", "\"shop.example.com/*\"");
+        let path = shop.path().to_str().unwrap();
+        let out = ok(cp.tern(&["deploy", path]));
+        assert!(out.contains("live on 3 nodes in "), "the relay is no node, and its nodes count: {out}");
+        for node in &nodes {
+            assert_eq!(ask(node, "shop.example.com", "/").await.text, "one", "node {}", node.name);
+            let subscribed = node.output().lines().any(|l| l.contains("subscribed") && l.contains(&relay.addr));
+            assert!(subscribed, "node {} subscribed at the relay:\n{}", node.name, node.output());
+        }
+        set_body(&shop, "two");
+        let out = ok(cp.tern(&["deploy", path]));
+        assert!(out.contains("version 2 ") && out.contains("live on 3 nodes"), "{out}");
+        for node in &nodes {
+            assert_eq!(ask(node, "shop.example.com", "/").await.text, "two", "node {}", node.name);
+        }
+        let out = ok(cp.tern(&["rollback", "shop"]));
+        assert!(out.contains("now runs version 1 ") && out.contains("live on 3 nodes"), "{out}");
+        let status = ok(cp.tern(&["status", "shop"]));
+        for node in &nodes {
+            let line = status.lines().find(|l| l.starts_with(&format!("{:<16} ", node.name))).expect(&status);
+            assert!(line.ends_with("shop@1") && via(line) == "r1", "{status}");
+        }
+        assert!(status.contains("live on 3 connected nodes in "), "{status}");
+        for node in &nodes {
+            assert_eq!(ask(node, "shop.example.com", "/").await.text, "one", "node {}", node.name);
+        }
+
+        // The relay dies: its nodes follow the control plane directly, and deploys go on.
+        relay.stop();
+        for node in &nodes {
+            status_line(&cp, &node.name, |l| l.contains(" connected ") && via(l) == "direct").await;
+        }
+        set_body(&shop, "three");
+        let out = ok(cp.tern(&["deploy", path]));
+        assert!(out.contains("version 3 ") && out.contains("live on 3 nodes"), "{out}");
+
+        // It comes back and catches up; then, with the control plane down, it serves what it
+        // keeps, across its own restart, to a node that lost its whole state.
+        relay.restart();
+        let revision = status_line(&cp, "a", |_| true).await.split_whitespace().nth(4).unwrap().to_string();
+        status_line(&cp, "r1", |l| l.contains(" connected ") && l.split_whitespace().nth(3) == Some(&revision)).await;
+        cp.stop();
+        relay.restart();
+        nodes[2].stop();
+        std::fs::remove_file(dir.path().join("c/state.json")).unwrap();
+        std::fs::remove_dir_all(dir.path().join("c/bundles")).unwrap();
+        nodes[2].restart();
+        eventually_serves(&nodes[2], "shop.example.com", "three").await;
+        for node in &nodes[..2] {
+            assert_eq!(ask(node, "shop.example.com", "/").await.text, "three", "node {}", node.name);
+        }
+        assert!(relay.output().contains("node connected"), "{}", relay.output());
+    }
+
+    #[tokio::test]
+    async fn a_relay_drops_a_node_whose_enrolment_was_replaced_and_no_node_takes_a_relays_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = ControlPlane::start(&dir.path().join("cp"));
+        let relay = Relay::start(&cp, "r1", &dir.path().join("r1"));
+        let mut old = Node::start_via(&cp, &relay, "a", "eu-west", &dir.path().join("a"));
+        status_line(&cp, "a", |l| l.contains(" connected ") && via(l) == "r1").await;
+
+        // Another machine enrols as "a": the old one's certificate is no current enrolment,
+        // and the control plane has the relay turn it away when it comes back.
+        let _new = Node::start(&cp, "a", "eu-west", &dir.path().join("a2"));
+        old.restart();
+        let started = Instant::now();
+        while !relay.output().contains("the control plane refused a node below this relay") {
+            assert!(started.elapsed() < PATIENCE, "the relay never dropped the old node:\n{}", relay.output());
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(relay.output().contains("belongs to no enrolled node"), "{}", relay.output());
+        let line = status_line(&cp, "a", |_| true).await;
+        assert_eq!(via(&line), "direct", "the control plane counts only the current \"a\": {line}");
+
+        // A node cannot enrol under a relay's name (it starts, then stops saying why).
+        let args = Node::args(&cp.url, &cp.join_token, "r1", "eu-west", &dir.path().join("n"));
+        let output = match Node::spawn("r1", args) {
+            Ok(mut taken) => {
+                assert!(!taken.wait_exit().success());
+                taken.output()
+            }
+            Err(output) => output,
+        };
+        assert!(output.contains("\"r1\" is enrolled as a relay"), "{output}");
+    }
+}
+
 macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {
         mod embedded {

@@ -76,11 +76,7 @@ async fn serve_with<S: Store>(
     let tls = authority.server_config()?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("the TLS setup does not suit QUIC")?;
     let mut quic = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    // Notice a vanished node within seconds.
-    transport.keep_alive_interval(Some(Duration::from_secs(2)));
-    transport.max_idle_timeout(Some(Duration::from_secs(8).try_into()?));
-    quic.transport_config(Arc::new(transport));
+    quic.transport_config(Arc::new(tern_distribution::identity::transport()));
     let endpoint = quinn::Endpoint::server(quic, addr)
         .with_context(|| format!("cannot open the distribution endpoint on udp {addr}"))?;
     println!("tern control-plane: listening on http://{addr}");
@@ -274,9 +270,15 @@ pub async fn status(name: Option<&str>, credentials: &Credentials) -> anyhow::Re
         );
     }
     println!();
-    println!("{:<16} {:<12} {:<10} {:<9} RUNS", "NODE", "REGION", "STATE", "REVISION");
+    println!("{:<16} {:<12} {:<10} {:<16} {:<9} RUNS", "NODE", "REGION", "STATE", "VIA", "REVISION");
     for node in status["nodes"].as_array().into_iter().flatten() {
         let state = if node["connected"] == true { "connected" } else { "offline" };
+        // Directly, or the relay it is connected through.
+        let via = match (node["connected"] == true, node["via"].as_str()) {
+            (false, _) => "-",
+            (true, Some(relay)) => relay,
+            (true, None) => "direct",
+        };
         let runs: Vec<String> = functions
             .iter()
             .map(|f| {
@@ -289,13 +291,30 @@ pub async fn status(name: Option<&str>, credentials: &Credentials) -> anyhow::Re
             })
             .collect();
         println!(
-            "{:<16} {:<12} {:<10} {:<9} {}",
+            "{:<16} {:<12} {:<10} {:<16} {:<9} {}",
             node["name"].as_str().unwrap_or_default(),
             node["region"].as_str().unwrap_or_default(),
             state,
+            via,
             node["applied"].as_u64().map_or("-".into(), |r| r.to_string()),
             runs.join(" ")
         );
+    }
+    let relays = status["relays"].as_array().filter(|r| !r.is_empty());
+    if let Some(relays) = relays {
+        println!();
+        println!("{:<16} {:<12} {:<10} {:<9} ADDRESS", "RELAY", "REGION", "STATE", "REVISION");
+        for relay in relays {
+            let state = if relay["connected"] == true { "connected" } else { "offline" };
+            println!(
+                "{:<16} {:<12} {:<10} {:<9} {}",
+                relay["name"].as_str().unwrap_or_default(),
+                relay["region"].as_str().unwrap_or_default(),
+                state,
+                relay["applied"].as_u64().map_or("-".into(), |r| r.to_string()),
+                relay["listen"].as_str().unwrap_or_default()
+            );
+        }
     }
     let latest = &status["latest"];
     if latest.is_object() {

@@ -12,6 +12,7 @@ mod control;
 mod dev;
 mod node;
 mod project;
+mod relay;
 mod router;
 mod serve;
 mod up;
@@ -129,6 +130,11 @@ enum Command {
         /// stops answering.
         #[arg(long = "control-plane", env = "TERN_CONTROL_PLANE", default_value = "http://127.0.0.1:7700")]
         control_plane: String,
+        /// Relays to follow the control plane through (`HOST:PORT` of their distribution
+        /// endpoint; a comma-separated list is used in turn). The node enrols with the
+        /// control plane, and subscribes to it directly when no relay answers.
+        #[arg(long, env = "TERN_RELAY", value_name = "HOST:PORT")]
+        relay: Option<String>,
         /// The token nodes enrol with (the control plane's `join-token` file); needed only
         /// until the node has enrolled.
         #[arg(long, env = "TERN_JOIN_TOKEN", hide_env_values = true)]
@@ -169,6 +175,36 @@ enum Command {
         max_in_flight: Option<u64>,
         #[command(flatten)]
         isolates: IsolateArgs,
+    },
+    /// Run a relay: follow the control plane once for many nodes, and serve them what it
+    /// assigns (nodes subscribe with `tern node --relay HOST:PORT`).
+    Relay {
+        /// The control plane's API, e.g. http://127.0.0.1:7700; replicas as a comma-separated list.
+        #[arg(long, env = "TERN_CONTROL_PLANE", default_value = "http://127.0.0.1:7700")]
+        upstream: String,
+        /// Where nodes reach the relay (UDP).
+        #[arg(long, default_value = "0.0.0.0:7710")]
+        listen: std::net::SocketAddr,
+        /// The address nodes are to use, if not the listen address (shown by `tern status`).
+        #[arg(long)]
+        advertise: Option<String>,
+        /// The token to enrol with (the control plane's `join-token` file or `tern token
+        /// create`); needed only until the relay has enrolled.
+        #[arg(long, env = "TERN_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
+        /// This relay's name, unique among the control plane's nodes and relays.
+        #[arg(long)]
+        name: String,
+        /// The region it serves, e.g. `eu-west` (shown by `tern status`).
+        #[arg(long)]
+        region: String,
+        /// Where it is: `LAT,LON` in degrees (shown by `tern status`).
+        #[arg(long, value_parser = node::parse_location, allow_hyphen_values = true, default_value = "0,0")]
+        location: (f64, f64),
+        /// Where the relay keeps its identity, state and bundles (default:
+        /// `$XDG_DATA_HOME/tern/relay-NAME`).
+        #[arg(long)]
+        data: Option<PathBuf>,
     },
     /// The whole platform on this machine: a control plane, two nodes and a router on
     /// 127.0.0.1:8080, with the given projects (default: ./examples/*) deployed.
@@ -473,6 +509,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Node {
             control_plane,
+            relay,
             join_token,
             name,
             region,
@@ -491,6 +528,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().thread_name("tern-node").enable_all().build()?;
             rt.block_on(node::run(node::NodeOptions {
                 control_plane,
+                relays: relay,
                 join_token,
                 name,
                 region,
@@ -505,6 +543,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 trusted_proxies,
                 max_in_flight,
                 log_format,
+            }))
+        }
+        Command::Relay { upstream, listen, advertise, join_token, name, region, location, data } => {
+            let rt = tokio::runtime::Builder::new_multi_thread().thread_name("tern-relay").enable_all().build()?;
+            rt.block_on(relay::run(relay::RelayOptions {
+                upstream,
+                listen,
+                advertise,
+                join_token,
+                name,
+                region,
+                location,
+                data,
             }))
         }
         Command::Up { paths, listen, data } => {

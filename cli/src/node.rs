@@ -19,6 +19,8 @@ const DRAIN_PATIENCE: Duration = Duration::from_secs(30);
 
 pub struct NodeOptions {
     pub control_plane: String,
+    /// Relays to subscribe through (comma-separated `host:port`), before the control plane.
+    pub relays: Option<String>,
     pub join_token: Option<String>,
     pub name: String,
     pub region: String,
@@ -37,7 +39,7 @@ pub struct NodeOptions {
 }
 
 pub async fn run(options: NodeOptions) -> anyhow::Result<()> {
-    let data = options.data.clone().unwrap_or_else(|| default_data_dir(&options.name));
+    let data = options.data.clone().unwrap_or_else(|| default_data_dir(&format!("node-{}", options.name)));
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create the data directory {}", data.display()))?;
     let backend =
         crate::serve::backend(&options.isolates, &options.ca_certs, options.warm_pool, options.log_format).await?;
@@ -62,7 +64,8 @@ pub async fn run(options: NodeOptions) -> anyhow::Result<()> {
         Box::pin(async move { node.set_routes(RouteTable::serving(functions, None)).await })
     });
     let control_plane = crate::control::urls(&options.control_plane);
-    let config = AgentConfig { control_plane, join_token: options.join_token, node: info, data };
+    let relays = options.relays.as_deref().map(crate::control::urls).unwrap_or_default();
+    let config = AgentConfig { control_plane, relays, join_token: options.join_token, node: info, data };
     let (restored_tx, restored) = tokio::sync::oneshot::channel();
     let mut agent = tokio::spawn(tern_distribution::agent::run(config, apply, restored_tx));
     // Serve once the kept state is back: until then connections wait in the backlog rather
@@ -95,13 +98,13 @@ fn finished(
     }
 }
 
-/// `$XDG_DATA_HOME/tern/node-NAME`, else `~/.local/share/tern/node-NAME`.
-fn default_data_dir(name: &str) -> PathBuf {
+/// `$XDG_DATA_HOME/tern/DIR`, else `~/.local/share/tern/DIR`.
+pub(crate) fn default_data_dir(dir: &str) -> PathBuf {
     let base = std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."));
-    base.join("tern").join(format!("node-{name}"))
+    base.join("tern").join(dir)
 }
 
 /// `LAT,LON` in degrees.

@@ -13,6 +13,7 @@
 //! | `GET /v1/signing-key` | the Ed25519 public key bundles are signed with (hex) |
 //! | `POST /v1/tokens` | body `{"ttl_s": 3600}`: a join token that expires (at most 30 days); answers it once, the store keeps its hash |
 //! | `POST /v1/nodes` | with the join token (or the admin token): enrols a node, body `{"node": {name, region, location, listen}, "csr": PEM}`; answers its certificate, the CA certificate and the signing key |
+//! | `POST /v1/relays` | with the join token (or the admin token): enrols a relay, same body and answer; its certificate also serves nodes under the distribution name |
 //! | `GET /v1/topology[?after=N]` | with the join token (or the admin token), for routers: every enrolled node (name, region, location, listen address, connected) and every function's routes and placement; with `after`, answers as soon as a revision newer than `N` commits, or after a second |
 //! | `GET /v1/status` | every function's active version, every node's applied revision, and how far the latest revision has spread |
 //! | `GET /v1/revisions/{n}` | how far revision `n` has spread: which nodes serve it, which are pending or offline, and the propagation time once done |
@@ -232,7 +233,11 @@ impl<S: Store> ControlPlane<S> {
             }
             (&Method::POST, ["v1", "nodes"]) => {
                 self.authorize_join(&req).await?;
-                return self.enroll(req).await;
+                return self.enroll(req, false).await;
+            }
+            (&Method::POST, ["v1", "relays"]) => {
+                self.authorize_join(&req).await?;
+                return self.enroll(req, true).await;
             }
             (&Method::GET, ["v1", "topology"]) => {
                 self.authorize_join(&req).await?;
@@ -500,7 +505,9 @@ impl<S: Store> ControlPlane<S> {
         Ok((StatusCode::OK, json!({ "function": name, "stable": stable, "rollout": candidate, "revision": revision })))
     }
 
-    async fn enroll(&self, req: Request<Incoming>) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    /// Enrols a node, or with `relay` a relay: names are shared, and one cannot take the
+    /// other's.
+    async fn enroll(&self, req: Request<Incoming>, relay: bool) -> Result<(StatusCode, serde_json::Value), ApiError> {
         #[derive(serde::Deserialize)]
         struct Enrolment {
             node: NodeInfo,
@@ -510,8 +517,21 @@ impl<S: Store> ControlPlane<S> {
         let body = read_body(req, 64 * 1024).await?;
         let enrolment: Enrolment = serde_json::from_slice(&body).map_err(|e| bad(format!("body: {e}")))?;
         crate::fleet::check_node(&enrolment.node).map_err(bad)?;
-        let certificate =
-            self.authority.issue_node(&enrolment.node.name, &enrolment.csr).map_err(|e| bad(e.to_string()))?;
+        let name = &enrolment.node.name;
+        if let Some(other) = self.store.nodes().await?.into_iter().find(|n| &n.info.name == name && n.relay != relay) {
+            let (what, other_what) = if other.relay { ("node", "relay") } else { ("relay", "node") };
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "name_taken",
+                format!("{name:?} is enrolled as a {other_what}; give this {what} another name"),
+            ));
+        }
+        let certificate = if relay {
+            self.authority.issue_relay(name, &enrolment.csr)
+        } else {
+            self.authority.issue_node(name, &enrolment.csr)
+        }
+        .map_err(|e| bad(e.to_string()))?;
         let der: rustls::pki_types::CertificateDer =
             rustls::pki_types::pem::PemObject::from_pem_slice(certificate.as_bytes())
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "issue_failed", e.to_string()))?;
@@ -519,9 +539,11 @@ impl<S: Store> ControlPlane<S> {
             info: enrolment.node.clone(),
             fingerprint: crate::ca::fingerprint(&der),
             enrolled_ms: now_ms(),
+            relay,
         };
         self.store.put_node(&record).await?;
-        tracing::info!(node = %record.info.name, region = %record.info.region, "node enrolled");
+        let role = if relay { "relay" } else { "node" };
+        tracing::info!(node = %record.info.name, region = %record.info.region, role, "enrolled");
         let key = self.secrets.signing.verifying_key();
         let signing_key: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
         Ok((
@@ -536,20 +558,22 @@ impl<S: Store> ControlPlane<S> {
         let Some(committed_ms) = committed_ms.filter(|_| revision > 0) else {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no revision {revision}")));
         };
-        let enrolled: Vec<String> = self.store.nodes().await?.into_iter().map(|n| n.info.name).collect();
+        let enrolled: Vec<String> =
+            self.store.nodes().await?.into_iter().filter(|n| !n.relay).map(|n| n.info.name).collect();
         let progress = progress(revision, committed_ms, &self.live().await?, &enrolled);
         Ok(serde_json::to_value(progress).expect("progress serializes"))
     }
 
-    /// Every enrolled node as it last described itself, with what this control plane knows
-    /// of its connection.
-    async fn enrolled(&self) -> Result<Vec<(NodeInfo, Option<crate::fleet::NodeLive>)>, ApiError> {
+    /// Every enrolled node (or with `relays`, every relay) as it last described itself, with
+    /// what this control plane knows of its connection.
+    async fn enrolled(&self, relays: bool) -> Result<Vec<(NodeInfo, Option<crate::fleet::NodeLive>)>, ApiError> {
         let mut live = self.live().await?;
         Ok(self
             .store
             .nodes()
             .await?
             .into_iter()
+            .filter(|record| record.relay == relays)
             .map(|record| {
                 let node = live.remove(&record.info.name);
                 (node.as_ref().and_then(|n| n.info.clone()).unwrap_or(record.info), node)
@@ -561,22 +585,35 @@ impl<S: Store> ControlPlane<S> {
         let revision = self.store.revision().await?;
         let changes = self.store.changes_since(0).await?;
         let nodes: Vec<serde_json::Value> = self
-            .enrolled()
+            .enrolled(false)
             .await?
             .into_iter()
             .map(|(info, node)| {
                 let node = node.as_ref();
                 let applied = node.map(|n| n.applied);
                 let versions = applied.map(|r| crate::fleet::versions_at(&changes, r));
+                let via = node.filter(|n| n.connected).and_then(|n| n.via.clone());
                 json!({ "name": info.name, "region": info.region, "location": info.location, "listen": info.listen,
-                    "connected": node.is_some_and(|n| n.connected), "applied": applied, "versions": versions,
-                    "refused": node.and_then(|n| n.refused.clone()) })
+                    "connected": node.is_some_and(|n| n.connected), "via": via, "applied": applied,
+                    "versions": versions, "refused": node.and_then(|n| n.refused.clone()) })
+            })
+            .collect();
+        let relays: Vec<serde_json::Value> = self
+            .enrolled(true)
+            .await?
+            .into_iter()
+            .map(|(info, relay)| {
+                let relay = relay.as_ref();
+                json!({ "name": info.name, "region": info.region, "listen": info.listen,
+                    "connected": relay.is_some_and(|r| r.connected), "applied": relay.map(|r| r.applied),
+                    "refused": relay.and_then(|r| r.refused.clone()) })
             })
             .collect();
         let latest = if revision > 0 { Some(self.progress(revision).await?) } else { None };
         Ok((
             StatusCode::OK,
-            json!({ "revision": revision, "functions": self.store.active().await?, "nodes": nodes, "latest": latest }),
+            json!({ "revision": revision, "functions": self.store.active().await?, "nodes": nodes, "relays": relays,
+                "latest": latest }),
         ))
     }
 
@@ -584,7 +621,7 @@ impl<S: Store> ControlPlane<S> {
     /// function's routes and placement.
     async fn topology(&self) -> Result<(StatusCode, serde_json::Value), ApiError> {
         let nodes: Vec<serde_json::Value> = self
-            .enrolled()
+            .enrolled(false)
             .await?
             .into_iter()
             .map(|(info, node)| {

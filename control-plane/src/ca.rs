@@ -1,7 +1,8 @@
 //! The control plane's certificate authority, which makes the distribution channel mutual
 //! TLS: it issues each node's certificate at enrollment (from the node's own key, sent as a
-//! certificate signing request, with the subject replaced by the enrolled name) and the
-//! control plane's own distribution certificate. Its key (`ca-key.pem`, owner-only) and
+//! certificate signing request, with the subject replaced by the enrolled name), each
+//! relay's (which also serves nodes under the distribution name), and the control plane's
+//! own distribution certificate. Its key (`ca-key.pem`, owner-only) and
 //! certificate (`ca.pem`) are created at first start under the data directory and kept.
 
 use std::path::Path;
@@ -53,11 +54,29 @@ impl Authority {
 
     /// A certificate for node `name` from its signing request (PEM).
     pub fn issue_node(&self, name: &str, csr_pem: &str) -> Result<String, CaError> {
+        self.issue(name, csr_pem, false)
+    }
+
+    /// A certificate for relay `name`: a client of the control plane, and a server that
+    /// nodes accept under [`tern_proto::distribution::SERVER_NAME`].
+    pub fn issue_relay(&self, name: &str, csr_pem: &str) -> Result<String, CaError> {
+        self.issue(name, csr_pem, true)
+    }
+
+    fn issue(&self, name: &str, csr_pem: &str, relay: bool) -> Result<String, CaError> {
         let mut csr =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::BadRequest(e.to_string()))?;
-        let mut params = CertificateParams::new(vec![name.to_string()]).map_err(|e| CaError::Issue(e.to_string()))?;
+        let mut names = vec![name.to_string()];
+        if relay {
+            names.push(tern_proto::distribution::SERVER_NAME.to_string());
+        }
+        let mut params = CertificateParams::new(names).map_err(|e| CaError::Issue(e.to_string()))?;
         params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = if relay {
+            vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        };
         params.use_authority_key_identifier_extension = true;
         csr.params = params;
         csr.signed_by(&self.issuer).map(|c| c.pem()).map_err(|e| CaError::Issue(e.to_string()))
@@ -100,8 +119,4 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-/// SHA-256 of a certificate's DER, as 64 hex digits: how the control plane recognises an
-/// enrolled node on the distribution channel.
-pub fn fingerprint(der: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, der).as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use tern_distribution::identity::fingerprint;

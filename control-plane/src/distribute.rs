@@ -2,16 +2,20 @@
 //! [`crate::ca`]) where each enrolled node keeps one connection. On the subscription stream
 //! it sends the node every assignment newer than the node's revision, as soon as a change is
 //! committed, and records the node's acknowledgements in the [`crate::fleet`]; on other
-//! streams it serves bundles by id.
+//! streams it serves bundles by id. A relay subscribes the same way and also reports the
+//! nodes below it ([`Below`]), which enter the fleet as if connected here.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use tern_distribution::framing::{StreamError, read_frame, write_frame};
-use tern_proto::distribution::{Assignment, BundleAnswer, NodeMessage, Update, changes_after};
+use tern_distribution::framing::{StreamError, read_frame, reader, write_frame};
+use tern_proto::distribution::{
+    Assignment, BundleAnswer, DownstreamEvent, NodeMessage, ToRelay, Update, changes_after,
+};
 
 use crate::api::{ControlPlane, now_ms};
-use crate::ca::fingerprint;
 use crate::store::{Active, Store, StoreError};
+use tern_distribution::identity::peer_fingerprint;
 
 #[derive(Debug, thiserror::Error)]
 enum DistributionError {
@@ -52,38 +56,117 @@ async fn serve_node<S: Store>(
     plane: &Arc<ControlPlane<S>>,
     connection: &quinn::Connection,
 ) -> Result<(), DistributionError> {
-    let certificate = connection
-        .peer_identity()
-        .and_then(|identity| identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
-        .and_then(|chain| chain.first().cloned())
-        .ok_or_else(|| DistributionError::Refused("no client certificate".into()))?;
-    let print = fingerprint(&certificate);
+    let print =
+        peer_fingerprint(connection).ok_or_else(|| DistributionError::Refused("no client certificate".into()))?;
     let record = plane.store().nodes().await?.into_iter().find(|n| n.fingerprint == print).ok_or_else(|| {
         DistributionError::Refused(
-            "this certificate belongs to no enrolled node (it was replaced by a newer enrolment)".into(),
+            "this certificate belongs to no enrolled node or relay (it was replaced by a newer enrolment)".into(),
         )
     })?;
     let (mut send, mut recv) = connection.accept_bi().await?;
-    let Some(NodeMessage::Hello { node, applied }) = read_frame(&mut recv).await? else {
-        return Err(DistributionError::Refused("the subscription must start with hello".into()));
+    let (node, applied, relay) = match read_frame(&mut recv).await? {
+        Some(NodeMessage::Hello { node, applied }) => (node, applied, false),
+        Some(NodeMessage::RelayHello { relay, applied }) => (relay, applied, true),
+        _ => return Err(DistributionError::Refused("the subscription must start with hello".into())),
     };
     if node.name != record.info.name {
         return Err(DistributionError::Refused(format!(
-            "this certificate was issued to node {:?}, not {:?}",
-            record.info.name, node.name
+            "this certificate was issued to {} {:?}, not {:?}",
+            role(record.relay),
+            record.info.name,
+            node.name
+        )));
+    }
+    if relay != record.relay {
+        return Err(DistributionError::Refused(format!(
+            "{:?} is enrolled as a {}, and subscribed as a {}",
+            node.name,
+            role(record.relay),
+            role(relay)
         )));
     }
     let name = node.name.clone();
-    tracing::info!(node = %name, region = %node.region, applied, "node connected");
+    tracing::info!(node = %name, region = %node.region, applied, role = role(relay), "connected");
     let session = plane.fleet().connected(node, applied, now_ms());
     plane.publish(&name).await;
     let fetches = tokio::spawn(serve_fetches(plane.clone(), connection.clone()));
-    let result = subscription(plane, &name, applied, &mut send, recv).await;
+    let mut below = relay.then(|| Below { relay: name.clone(), sessions: HashMap::new() });
+    let result = subscription(plane, &name, applied, &mut send, recv, below.as_mut()).await;
     fetches.abort();
+    if let Some(below) = below {
+        below.lost(plane).await;
+    }
     plane.fleet().disconnected(&name, session);
     plane.publish(&name).await;
-    tracing::info!(node = %name, "node disconnected");
+    tracing::info!(node = %name, role = role(relay), "disconnected");
     result
+}
+
+fn role(relay: bool) -> &'static str {
+    if relay { "relay" } else { "node" }
+}
+
+/// The nodes connected through one relay, as it reports them.
+struct Below {
+    relay: String,
+    /// Each node's session in the fleet, by name.
+    sessions: HashMap<String, u64>,
+}
+
+impl Below {
+    /// Records what happened to `node` below the relay; answers a refusal for a node that is
+    /// no current enrolment.
+    async fn event<S: Store>(
+        &mut self,
+        plane: &Arc<ControlPlane<S>>,
+        node: String,
+        event: DownstreamEvent,
+    ) -> Result<Option<ToRelay>, DistributionError> {
+        let known = self.sessions.contains_key(&node);
+        match event {
+            DownstreamEvent::Connected { info, applied, fingerprint } => {
+                let records = plane.store().nodes().await?;
+                let current = records.iter().find(|r| r.fingerprint == fingerprint && !r.relay);
+                let refusal = match current {
+                    None => Some("its certificate belongs to no enrolled node (a newer enrolment replaced it)".into()),
+                    Some(r) if r.info.name != node || info.name != node => {
+                        Some(format!("its certificate was issued to node {:?}, not {node:?}", r.info.name))
+                    }
+                    Some(_) => None,
+                };
+                if let Some(reason) = refusal {
+                    tracing::info!(relay = %self.relay, node, "refused a node below the relay: {reason}");
+                    return Ok(Some(ToRelay::Refuse { node, reason }));
+                }
+                tracing::info!(relay = %self.relay, node, applied, "node connected through the relay");
+                let session = plane.fleet().connected_via(info, applied, now_ms(), Some(self.relay.clone()));
+                self.sessions.insert(node.clone(), session);
+            }
+            DownstreamEvent::Applied { revision } if known => plane.fleet().applied(&node, revision, now_ms()),
+            DownstreamEvent::Refused { revision, reason } if known => {
+                tracing::warn!(relay = %self.relay, node, revision, "node refused an update: {reason}");
+                plane.fleet().refused(&node, revision, reason);
+            }
+            DownstreamEvent::Disconnected if known => {
+                let session = self.sessions.remove(&node).unwrap_or_default();
+                plane.fleet().disconnected(&node, session);
+                tracing::info!(relay = %self.relay, node, "node disconnected from the relay");
+            }
+            // Events of a node refused above, or already gone.
+            _ => return Ok(None),
+        }
+        plane.publish(&node).await;
+        Ok(None)
+    }
+
+    /// The relay's connection ended: its nodes are no longer connected (they come back
+    /// through it, another relay, or directly).
+    async fn lost<S: Store>(self, plane: &Arc<ControlPlane<S>>) {
+        for (node, session) in self.sessions {
+            plane.fleet().disconnected(&node, session);
+            plane.publish(&node).await;
+        }
+    }
 }
 
 /// Sends updates as revisions are committed, and takes the node's acknowledgements.
@@ -92,20 +175,10 @@ async fn subscription<S: Store>(
     name: &str,
     applied: u64,
     send: &mut quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
+    mut below: Option<&mut Below>,
 ) -> Result<(), DistributionError> {
-    // Frames are read by a task of their own: a read cut short by a select would lose bytes.
-    let (messages_tx, mut messages) = tokio::sync::mpsc::channel(16);
-    let reader = tokio::spawn(async move {
-        loop {
-            let message = read_frame::<NodeMessage>(&mut recv).await;
-            let end = !matches!(message, Ok(Some(_)));
-            if messages_tx.send(message).await.is_err() || end {
-                return;
-            }
-        }
-    });
-    let _reader = AbortOnDrop(reader);
+    let (mut messages, _reader) = reader::<NodeMessage>(recv);
     let mut revisions = plane.revisions();
     // With replicas, this one may not have heard of the newest commits yet: never answer a
     // node from behind what it has.
@@ -120,7 +193,11 @@ async fn subscription<S: Store>(
             for assignment in &mut update.assignments {
                 assignment.secrets = plane.open_secrets(&assignment.function).await?;
             }
-            write_frame(send, &update).await?;
+            if below.is_some() {
+                write_frame(send, &ToRelay::Update(update)).await?;
+            } else {
+                write_frame(send, &update).await?;
+            }
             sent = current;
         }
         tokio::select! {
@@ -137,17 +214,15 @@ async fn subscription<S: Store>(
                     plane.fleet().refused(name, revision, reason);
                     plane.publish(name).await;
                 }
+                Some(NodeMessage::Downstream { node, event }) if below.is_some() => {
+                    let below = below.as_deref_mut().expect("checked");
+                    if let Some(refusal) = below.event(plane, node, event).await? {
+                        write_frame(send, &refusal).await?;
+                    }
+                }
                 Some(other) => return Err(DistributionError::Refused(format!("unexpected message {other:?}"))),
             },
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -17,6 +17,9 @@ const ACKS_KEPT: usize = 256;
 pub struct NodeLive {
     pub info: Option<NodeInfo>,
     pub connected: bool,
+    /// The relay the node is connected through, if not directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// Which connection is the node's current one (a new one replaces it).
     #[serde(skip)]
     pub session: u64,
@@ -36,10 +39,16 @@ pub struct Fleet {
 impl Fleet {
     /// A node's new connection; returns its session, which [`Fleet::disconnected`] takes.
     pub fn connected(&self, info: NodeInfo, applied: u64, now_ms: u64) -> u64 {
+        self.connected_via(info, applied, now_ms, None)
+    }
+
+    /// A node's new connection through relay `via` (or directly, with `None`).
+    pub fn connected_via(&self, info: NodeInfo, applied: u64, now_ms: u64, via: Option<String>) -> u64 {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         let node = nodes.entry(info.name.clone()).or_default();
         node.info = Some(info);
         node.connected = true;
+        node.via = via;
         node.session += 1;
         record(node, applied, now_ms);
         node.session

@@ -41,6 +41,10 @@ pub struct NodeRecord {
     /// distribution channel. Enrolling again under the same name replaces it.
     pub fingerprint: String,
     pub enrolled_ms: u64,
+    /// A relay rather than a node: it serves nodes, not requests, so it is no part of a
+    /// deploy's progress or a router's topology.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relay: bool,
 }
 
 /// One immutable version of a function.

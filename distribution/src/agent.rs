@@ -4,7 +4,9 @@
 //! the bundles it lacks, verifies every one (hash and signature), keeps them on disk, hands
 //! the whole new state to the node, and acknowledges. An update with any bundle that fails
 //! is refused whole and reported; the node keeps serving what it had. After a disconnect it
-//! reconnects with backoff and resumes from its revision.
+//! reconnects with backoff and resumes from its revision. Given relays, it subscribes
+//! through them first (in turn) and to the control plane when none answers; it always
+//! enrols with the control plane.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,6 +34,8 @@ pub struct AgentConfig {
     /// host and port over UDP. With several (replicas sharing a store), the node uses the
     /// first that answers and moves to the next when it stops answering.
     pub control_plane: Vec<String>,
+    /// Relays' distribution endpoints (`host:port`, UDP), tried before the control plane.
+    pub relays: Vec<String>,
     pub join_token: Option<String>,
     pub node: NodeInfo,
     pub data: PathBuf,
@@ -80,7 +84,8 @@ pub async fn run(
     }
     let _ = restored.send(());
     let mut backoff = BACKOFF_FIRST;
-    // Which of the control plane's addresses is tried next.
+    // Which of the addresses is tried next: relays first, then the control plane's.
+    let upstreams: Vec<String> = config.relays.iter().chain(&config.control_plane).cloned().collect();
     let mut which = 0;
     loop {
         let url = config.control_plane.get(which % config.control_plane.len().max(1)).cloned().unwrap_or_default();
@@ -88,7 +93,7 @@ pub async fn run(
             Some(identity) => identity.clone(),
             None => {
                 let token = config.join_token.as_deref().ok_or(AgentError::NoToken)?;
-                match Identity::enroll(&config.data, &url, token, &config.node).await {
+                match Identity::enroll(&config.data, &url, token, &config.node, false).await {
                     Ok(enrolled) => {
                         tracing::info!(node = %config.node.name, "enrolled with the control plane");
                         agent.restore(&enrolled).await;
@@ -106,9 +111,10 @@ pub async fn run(
                 }
             }
         };
-        match agent.session(&url, &config, &current).await {
+        let upstream = upstreams.get(which % upstreams.len().max(1)).cloned().unwrap_or_default();
+        match agent.session(&upstream, &config, &current).await {
             Ok(()) => {}
-            Err(e) => tracing::warn!("distribution ({url}): {e}; reconnecting"),
+            Err(e) => tracing::warn!("distribution ({upstream}): {e}; reconnecting"),
         }
         which += 1;
         if agent.connected_once {
@@ -141,20 +147,11 @@ impl Agent {
     }
 
     async fn session(&mut self, url: &str, config: &AgentConfig, identity: &Identity) -> Result<(), SessionError> {
-        let client = identity.client_config().map_err(SessionError::Connect)?;
         let key = identity.verifying_key().map_err(SessionError::Connect)?;
-        let address = resolve(url).await.map_err(SessionError::Connect)?;
-        let bind: SocketAddr = if address.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid");
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| SessionError::Connect(e.to_string()))?;
-        endpoint.set_default_client_config(client);
-        let connection = endpoint
-            .connect(address, SERVER_NAME)
-            .map_err(|e| SessionError::Connect(e.to_string()))?
-            .await
-            .map_err(|e| SessionError::Connect(format!("{address}: {e}")))?;
+        let (_endpoint, connection) = connect(url, identity).await.map_err(SessionError::Connect)?;
         let (mut send, mut recv) = connection.open_bi().await?;
         write_frame(&mut send, &NodeMessage::Hello { node: config.node.clone(), applied: self.state.revision }).await?;
-        tracing::info!(%address, revision = self.state.revision, "subscribed to the control plane");
+        tracing::info!(address = %connection.remote_address(), revision = self.state.revision, "subscribed");
         self.connected_once = true;
         while let Some(update) = read_frame::<Update>(&mut recv).await? {
             let reply = match self.update(&connection, &key, &update).await {
@@ -222,8 +219,24 @@ fn serving(state: &AppliedState, bundles: &HashMap<String, Arc<Bundle>>) -> Vec<
         .collect()
 }
 
-/// A bundle's wire bytes from the control plane.
-async fn fetch(connection: &quinn::Connection, id: &str) -> Result<Vec<u8>, String> {
+/// A connection to the distribution endpoint at `url` (the control plane's API URL, or a
+/// relay's `host:port`) as `identity`; the endpoint must live as long as the connection.
+pub(crate) async fn connect(url: &str, identity: &Identity) -> Result<(quinn::Endpoint, quinn::Connection), String> {
+    let client = identity.client_config()?;
+    let address = resolve(url).await?;
+    let bind: SocketAddr = if address.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid");
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(client);
+    let connection = endpoint
+        .connect(address, SERVER_NAME)
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| format!("{address}: {e}"))?;
+    Ok((endpoint, connection))
+}
+
+/// A bundle's wire bytes from the control plane (or a relay).
+pub(crate) async fn fetch(connection: &quinn::Connection, id: &str) -> Result<Vec<u8>, String> {
     let fail = |e: &dyn std::fmt::Display| format!("fetching bundle {}: {e}", &id[..id.len().min(12)]);
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| fail(&e))?;
     write_frame(&mut send, &NodeMessage::Fetch { bundle: id.to_string() }).await.map_err(|e| fail(&e))?;

@@ -1,8 +1,9 @@
-//! A node's identity on the distribution channel: its private key (generated on the node,
-//! never sent), the certificate the control plane issued for it at enrolment, the control
-//! plane's CA certificate and bundle-signing key, all kept in the node's data directory
-//! (`identity.json`, owner-only) so that a restarted node needs neither the join token nor
-//! the control plane to start serving.
+//! A node's (or a relay's) identity on the distribution channel: its private key (generated
+//! on the node, never sent), the certificate the control plane issued for it at enrolment,
+//! the control plane's CA certificate and bundle-signing key, all kept in the node's data
+//! directory (`identity.json`, owner-only) so that a restarted node needs neither the join
+//! token nor the control plane to start serving. Also the TLS configurations built from it:
+//! a node's client side, and a relay's server side towards the nodes below it.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -57,8 +58,15 @@ impl Identity {
         Ok(Some(identity))
     }
 
-    /// Enrols `node` with the control plane at `url` using `token`, and keeps the identity in `dir`.
-    pub async fn enroll(dir: &Path, url: &str, token: &str, node: &NodeInfo) -> Result<Self, IdentityError> {
+    /// Enrols `node` (a relay with `relay`) with the control plane at `url` using `token`,
+    /// and keeps the identity in `dir`.
+    pub async fn enroll(
+        dir: &Path,
+        url: &str,
+        token: &str,
+        node: &NodeInfo,
+        relay: bool,
+    ) -> Result<Self, IdentityError> {
         let unreachable = |what: String| IdentityError::Unreachable { url: url.to_string(), what };
         let key = rcgen::KeyPair::generate().map_err(|e| IdentityError::BadAnswer(e.to_string()))?;
         let csr = rcgen::CertificateParams::new(vec![node.name.clone()])
@@ -66,7 +74,8 @@ impl Identity {
             .and_then(|csr| csr.pem())
             .map_err(|e| IdentityError::BadAnswer(e.to_string()))?;
         let body = serde_json::json!({ "node": node, "csr": csr }).to_string();
-        let request = http::Request::post(format!("{}/v1/nodes", url.trim_end_matches('/')))
+        let route = if relay { "relays" } else { "nodes" };
+        let request = http::Request::post(format!("{}/v1/{route}", url.trim_end_matches('/')))
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
@@ -123,14 +132,20 @@ impl Identity {
             .ok_or_else(|| "the signing key is not 32 bytes of hex".to_string())
     }
 
-    /// TLS for the distribution channel: this node's certificate, and only the control
-    /// plane's CA trusted.
-    pub fn client_config(&self) -> Result<quinn::ClientConfig, String> {
+    /// This identity's certificate, key, and a root store holding only the control plane's CA.
+    fn tls_parts(&self) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>, rustls::RootCertStore), String> {
         let certificate = CertificateDer::from_pem_slice(self.certificate_pem.as_bytes()).map_err(|e| e.to_string())?;
         let ca = CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).map_err(|e| e.to_string())?;
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| e.to_string())?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca).map_err(|e| e.to_string())?;
+        Ok((certificate, key, roots))
+    }
+
+    /// TLS for the distribution channel: this node's certificate, and only the control
+    /// plane's CA trusted.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig, String> {
+        let (certificate, key, roots) = self.tls_parts()?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -141,11 +156,49 @@ impl Identity {
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        // Notice a vanished control plane within seconds, and keep NAT bindings open.
-        transport.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
-        transport.max_idle_timeout(Some(std::time::Duration::from_secs(8).try_into().expect("small")));
-        config.transport_config(Arc::new(transport));
+        config.transport_config(Arc::new(transport()));
         Ok(config)
     }
+
+    /// A relay's distribution endpoint towards its nodes: its certificate (issued for
+    /// [`tern_proto::distribution::SERVER_NAME`] too), and only clients with a certificate
+    /// from the control plane's CA.
+    pub fn server_config(&self) -> Result<quinn::ServerConfig, String> {
+        let (certificate, key, roots) = self.tls_parts()?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![certificate], key)
+            .map_err(|e| e.to_string())?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| e.to_string())?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(Arc::new(transport()));
+        Ok(config)
+    }
+}
+
+/// Either end notices a vanished peer within seconds, and NAT bindings stay open.
+pub fn transport() -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    transport.max_idle_timeout(Some(std::time::Duration::from_secs(8).try_into().expect("small")));
+    transport
+}
+
+/// SHA-256 of a certificate's DER, as 64 hex digits: how the control plane recognises an
+/// enrolled node or relay on the distribution channel.
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The fingerprint of the certificate `connection`'s peer presented, if any.
+pub fn peer_fingerprint(connection: &quinn::Connection) -> Option<String> {
+    let chain = connection.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.first().map(|certificate| fingerprint(certificate))
 }

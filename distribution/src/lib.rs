@@ -5,7 +5,8 @@
 //! Owns the framing over QUIC streams ([`framing`]), the node's identity (enrolment, its key
 //! and certificate on disk, its TLS configuration: [`identity`]), what the node has applied
 //! and the verified bundles it keeps on disk ([`local`]), and the node's side of the
-//! connection ([`agent`]: subscribe, fetch, verify, hand over, acknowledge, reconnect). The
+//! connection ([`agent`]: subscribe, fetch, verify, hand over, acknowledge, reconnect), and
+//! the relay that stands between the control plane and many nodes ([`relay`]). The
 //! control plane's side is `tern-control-plane`'s `distribute`. Never links the JS engine:
 //! what a node does with a verified state is the caller's.
 
@@ -13,3 +14,4 @@ pub mod agent;
 pub mod framing;
 pub mod identity;
 pub mod local;
+pub mod relay;

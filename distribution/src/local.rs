@@ -89,6 +89,13 @@ impl LocalState {
         verify(assignment, &wire, key)
     }
 
+    /// The wire bytes kept for bundle `id`, unverified (whoever receives them verifies);
+    /// `None` for an id that is not 64 hex digits or not kept.
+    pub fn wire(&self, id: &str) -> Option<Vec<u8>> {
+        let id: BundleId = id.parse().ok()?;
+        std::fs::read(self.bundle_path(&id.to_string())).ok()
+    }
+
     pub fn put_bundle(&self, id: &str, wire: &[u8]) -> std::io::Result<()> {
         write_atomically(&self.bundle_path(id), wire)
     }

@@ -13,6 +13,13 @@
 //!   [`NodeMessage::Fetch`]; the control plane answers a [`BundleAnswer`] frame, then (when
 //!   found) the bundle's wire bytes until the end of the stream.
 //!
+//! A **relay** stands between the control plane and nodes: to its nodes it is a control
+//! plane (same streams, same messages), and upstream it subscribes with
+//! [`NodeMessage::RelayHello`] instead of `Hello`. On that subscription the control plane
+//! sends [`ToRelay`] frames (updates, and nodes it will not have served), and the relay
+//! passes up what happens below it as [`NodeMessage::Downstream`], so that the control
+//! plane knows each node's revision as if it were connected directly.
+//!
 //! A frame is a 4-byte big-endian length and that many bytes of JSON.
 
 use std::collections::BTreeMap;
@@ -21,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 /// The ALPN protocol name both ends insist on.
 pub const ALPN: &[u8] = b"tern-distribution/1";
-/// The name the control plane's distribution certificate carries and nodes check.
+/// The name the control plane's (and a relay's) distribution certificate carries and nodes
+/// check.
 pub const SERVER_NAME: &str = "tern-control-plane";
 /// Largest JSON frame either side accepts.
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
@@ -93,6 +101,50 @@ pub enum NodeMessage {
     Fetch {
         bundle: String,
     },
+    /// A relay's subscription: like `Hello`, for the relay itself.
+    RelayHello {
+        relay: NodeInfo,
+        applied: u64,
+    },
+    /// What happened to node `node` below a relay.
+    Downstream {
+        node: String,
+        event: DownstreamEvent,
+    },
+}
+
+/// A node's subscription to a relay, as the relay reports it upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DownstreamEvent {
+    /// The node subscribed with `applied`, presenting the certificate whose SHA-256 is
+    /// `fingerprint` (hex), so that the control plane can check it is a current enrolment.
+    Connected {
+        info: NodeInfo,
+        applied: u64,
+        fingerprint: String,
+    },
+    Applied {
+        revision: u64,
+    },
+    Refused {
+        revision: u64,
+        reason: String,
+    },
+    Disconnected,
+}
+
+/// What the control plane sends on a relay's subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToRelay {
+    Update(Update),
+    /// The control plane does not know `node` as connected (its certificate is no current
+    /// enrolment): the relay ends that node's connection with `reason`.
+    Refuse {
+        node: String,
+        reason: String,
+    },
 }
 
 /// Assignments that bring a node to `revision`. With `full`, the assignments are the whole
@@ -126,6 +178,45 @@ impl AppliedState {
             functions.insert(assignment.function.clone(), assignment.clone());
         }
         AppliedState { revision: update.revision, functions }
+    }
+}
+
+/// What a relay holds and serves: the state it applied, and since when a node must be sent
+/// all of it rather than the changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayedState {
+    pub state: AppliedState,
+    /// Nodes below this revision get the whole state: the relay cannot tell what was
+    /// removed before it (a full update from upstream, or a restart).
+    pub full_below: u64,
+    /// The latest update from upstream was a full one (the control plane's log restarted):
+    /// nodes ahead of the relay are sent the whole state too.
+    pub reset: bool,
+}
+
+impl RelayedState {
+    /// The relay's state after `update`.
+    pub fn with(&self, update: &Update) -> RelayedState {
+        let state = self.state.with(update);
+        let full_below = if update.full { update.revision } else { self.full_below };
+        RelayedState { state, full_below, reset: update.full }
+    }
+
+    /// The update that brings a node at revision `base` to the relay's state: nothing when
+    /// it is there already, or when it is ahead and the relay has not caught up yet (it
+    /// never takes a node backwards, unless upstream restarted its log).
+    pub fn update_for(&self, base: u64) -> Option<Update> {
+        let revision = self.state.revision;
+        let everything = || self.state.functions.values().cloned().collect::<Vec<_>>();
+        if base == revision || (base > revision && !self.reset) {
+            return None;
+        }
+        if base > revision || base < self.full_below {
+            return Some(Update { revision, full: true, assignments: everything() });
+        }
+        let mut assignments: Vec<Assignment> = everything().into_iter().filter(|a| a.revision > base).collect();
+        assignments.sort_by_key(|a| a.revision);
+        Some(Update { revision, full: false, assignments })
     }
 }
 
@@ -205,6 +296,58 @@ mod tests {
         let replaced = merged.with(&Update { revision: 9, full: true, assignments: vec![assignment("c", 1, 9)] });
         assert_eq!(replaced.functions.keys().collect::<Vec<_>>(), ["c"]);
         assert_eq!(state.revision, 2, "with() leaves the original alone");
+    }
+
+    #[test]
+    fn a_relay_sends_changes_or_everything_and_never_takes_a_node_backwards() {
+        // The relay restarted with what it had kept at revision 3.
+        let kept = AppliedState::default().with(&Update {
+            revision: 3,
+            full: false,
+            assignments: vec![assignment("a", 1, 1), assignment("b", 2, 3)],
+        });
+        let relay = RelayedState { state: kept, full_below: 3, reset: false };
+        assert_eq!(relay.update_for(3), None, "a node that has it");
+        assert_eq!(relay.update_for(5), None, "a node ahead waits for the relay to catch up");
+        let everything = relay.update_for(1).unwrap();
+        assert!(everything.full && everything.assignments.len() == 2, "below what the relay can diff: all of it");
+
+        let relay = relay.with(&Update { revision: 5, full: false, assignments: vec![assignment("c", 1, 5)] });
+        let changes = relay.update_for(3).unwrap();
+        assert_eq!((changes.revision, changes.full), (5, false));
+        assert_eq!(changes.assignments, [assignment("c", 1, 5)]);
+        assert!(relay.update_for(2).unwrap().full);
+
+        // Upstream restarted its log at 2: nodes ahead are taken to it, whole.
+        let relay = relay.with(&Update { revision: 2, full: true, assignments: vec![assignment("a", 3, 2)] });
+        let reset = relay.update_for(5).unwrap();
+        assert_eq!((reset.revision, reset.full, reset.assignments.len()), (2, true, 1));
+        let after = relay.with(&Update { revision: 4, full: false, assignments: vec![assignment("b", 1, 4)] });
+        assert_eq!(after.update_for(9), None, "once upstream moves on, a node ahead waits again");
+        assert_eq!(after.update_for(2).unwrap().assignments, [assignment("b", 1, 4)]);
+    }
+
+    #[test]
+    fn relay_messages_round_trip() {
+        let info = NodeInfo { name: "n1".into(), region: "eu".into(), location: (1.0, 2.0), listen: "h:1".into() };
+        let messages = [
+            NodeMessage::RelayHello { relay: info.clone(), applied: 4 },
+            NodeMessage::Downstream {
+                node: "n1".into(),
+                event: DownstreamEvent::Connected { info, applied: 2, fingerprint: "ab".into() },
+            },
+            NodeMessage::Downstream { node: "n1".into(), event: DownstreamEvent::Disconnected },
+        ];
+        for message in messages {
+            assert_eq!(decode_frame::<NodeMessage>(&encode_frame(&message)[4..]).unwrap(), message);
+        }
+        let frames = [
+            ToRelay::Update(Update { revision: 1, full: false, assignments: vec![assignment("a", 1, 1)] }),
+            ToRelay::Refuse { node: "n1".into(), reason: "no".into() },
+        ];
+        for frame in frames {
+            assert_eq!(decode_frame::<ToRelay>(&encode_frame(&frame)[4..]).unwrap(), frame);
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The platform's processes for tests: a `tern control-plane` with its data directory and
-//! `tern node`s enrolled with it, each the real binary on loopback, killed on drop.
+//! The platform's processes for tests: a `tern control-plane` with its data directory,
+//! `tern node`s and `tern relay`s enrolled with it, each the real binary on loopback,
+//! killed on drop.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -163,9 +164,22 @@ impl Node {
         Self::start_at(&cp.url, &cp.join_token, name, region, data)
     }
 
+    /// `tern node` following `cp` through `relay` first.
+    pub fn start_via(cp: &ControlPlane, relay: &Relay, name: &str, region: &str, data: &Path) -> Self {
+        let mut args = Self::args(&cp.url, &cp.join_token, name, region, data);
+        args.extend(["--relay".to_string(), relay.addr.clone()]);
+        Self::spawn(name, args).unwrap_or_else(|output| panic!("tern node {name} did not start:\n{output}"))
+    }
+
     /// `tern node --control-plane CONTROL_PLANE` (one URL or a comma-separated list).
     pub fn start_at(control_plane: &str, join_token: &str, name: &str, region: &str, data: &Path) -> Self {
-        let args: Vec<String> = [
+        let args = Self::args(control_plane, join_token, name, region, data);
+        Self::spawn(name, args).unwrap_or_else(|output| panic!("tern node {name} did not start:\n{output}"))
+    }
+
+    /// The arguments of `tern node` on a free port.
+    pub fn args(control_plane: &str, join_token: &str, name: &str, region: &str, data: &Path) -> Vec<String> {
+        [
             "--log-format",
             "json",
             "node",
@@ -185,8 +199,7 @@ impl Node {
             data.to_str().unwrap(),
         ]
         .map(String::from)
-        .to_vec();
-        Self::spawn(name, args).unwrap_or_else(|output| panic!("tern node {name} did not start:\n{output}"))
+        .to_vec()
     }
 
     /// Starts `tern node` with `args`; the error is what it printed when it did not come up.
@@ -252,6 +265,94 @@ impl Node {
 }
 
 impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running `tern relay`.
+pub struct Relay {
+    child: Child,
+    pub name: String,
+    /// `host:port` of its distribution endpoint (UDP), the same across restarts.
+    pub addr: String,
+    args: Vec<String>,
+    pub output: Arc<Mutex<String>>,
+}
+
+impl Relay {
+    /// `tern relay` named `name` on a free UDP port, enrolling with `cp`'s join token.
+    pub fn start(cp: &ControlPlane, name: &str, data: &Path) -> Self {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let args: Vec<String> = [
+            "--log-format",
+            "json",
+            "relay",
+            "--upstream",
+            &cp.url,
+            "--join-token",
+            &cp.join_token,
+            "--name",
+            name,
+            "--region",
+            "eu-west",
+            "--listen",
+            &addr,
+            "--data",
+            data.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec();
+        Self::spawn(name, addr, args)
+    }
+
+    fn spawn(name: &str, addr: String, args: Vec<String>) -> Self {
+        let mut child = tern_command(&[])
+            .args(&args)
+            .env("TERN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tern relay");
+        let (output, _) = capture(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let ready = format!("tern relay {name}: serving nodes on udp {addr}");
+        match rx.recv_timeout(PATIENCE) {
+            Ok(line) if line == ready => {}
+            line => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("tern relay {name} did not start ({line:?}):\n{}", output.lock().unwrap());
+            }
+        }
+        Self { child, name: name.to_string(), addr, args, output }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops it (SIGKILL) and starts it again with the same arguments and address.
+    pub fn restart(&mut self) {
+        self.stop();
+        *self = Self::spawn(&self.name.clone(), self.addr.clone(), self.args.clone());
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Relay {
     fn drop(&mut self) {
         self.stop();
     }
