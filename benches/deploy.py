@@ -7,12 +7,16 @@ hash and signature, booted its isolate and swapped its route table). Prints p50/
 against PERFORMANCE.md's budget (p99 <= 1 s with 20 nodes on loopback; stretch 250 ms),
 and checks through HTTP that every node serves the last version.
 
-    cargo build --release -p tern && benches/deploy.py [--nodes 20] [--deploys 50] [--interval 2] [--etcd]
+    cargo build --release -p tern && benches/deploy.py [--nodes 20] [--deploys 50] [--interval 2] [--etcd] [--relays N]
 
 With `--etcd`, the state lives in a real etcd (Debian's etcd-server, started here on free
 loopback ports) shared by two control-plane replicas; half the nodes follow each replica and
 deploys alternate between them, so every deploy reaches half the nodes through the other
 replica's watch on etcd.
+
+With `--relays N`, N `tern relay`s follow the control plane and the nodes subscribe through
+them (node i through relay i mod N), so every deploy takes one more hop: control plane ->
+relay (fetch, verify, keep) -> node, and every acknowledgement comes back through the relay.
 
 Every node is a process on this machine: with 20 of them on 2 cores, the CPU each node
 spends on a deploy (booting the new version's isolate, refilling its warm pool) is spent
@@ -87,6 +91,7 @@ def main():
     parser.add_argument("--interval", type=float, default=2.0,
                         help="seconds between deploys, so each node's warm pool refills (0: back to back)")
     parser.add_argument("--etcd", action="store_true", help="two replicas sharing a real etcd")
+    parser.add_argument("--relays", type=int, default=0, help="nodes subscribe through this many relays")
     args = parser.parse_args()
     if not os.path.exists(TERN):
         sys.exit("build first: cargo build --release -p tern")
@@ -105,11 +110,20 @@ def main():
                 urls.append(url)
             join = open(f"{tmp}/cp/join-token").read().strip()
             admin = open(f"{tmp}/cp/admin-token").read().strip()
+            relays = []
+            for r in range(args.relays):
+                name = f"relay{r}"
+                relay, addr = start(["relay", "--upstream", urls[r % len(urls)], "--join-token", join, "--name", name,
+                                     "--region", f"r{r}", "--listen", "127.0.0.1:0", "--data", f"{tmp}/{name}"],
+                                    f"tern relay {name}: serving nodes on udp ", log)
+                procs.append(relay)
+                relays.append(addr)
             addrs = []
             for i in range(args.nodes):
                 name = f"n{i:02}"
-                node, addr = start(["node", "--control-plane", urls[i % len(urls)], "--join-token", join, "--name", name,
-                                    "--region", f"r{i % 5}", "--location", "52.37,4.90", "--listen",
+                via = ["--relay", relays[i % len(relays)]] if relays else []
+                node, addr = start(["node", "--control-plane", urls[i % len(urls)], *via, "--join-token", join,
+                                    "--name", name, "--region", f"r{i % 5}", "--location", "52.37,4.90", "--listen",
                                     "127.0.0.1:0", "--data", f"{tmp}/{name}", "--warm-pool", "1"],
                                    f"tern node {name}: serving on ", log)
                 procs.append(node)
@@ -148,6 +162,8 @@ def main():
     print("each deploy, ms:", " ".join(map(str, times)))
     p50, p99, worst = percentile(times, 50), percentile(times, 99), max(times)
     where = "two replicas on etcd" if args.etcd else "embedded store"
+    if args.relays:
+        where += f", through {args.relays} relay{'s' if args.relays > 1 else ''}"
     print(f"deploy propagation, {args.nodes} nodes on loopback, {where}, {args.deploys} deploys "
           f"{args.interval} s apart (commit to the last node's acknowledgement):")
     print(f"  p50 {p50} ms, p99 {p99} ms, max {worst} ms; every node serves the last version")

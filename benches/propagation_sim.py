@@ -3,11 +3,12 @@
 machine cannot hold. A model, not a measurement; every assumption is written here and
 printed with the results.
 
-    benches/propagation_sim.py [--cities 300] [--per-city 10] [--deploys 1000] [--seed 1]
+    benches/propagation_sim.py [--cities 300] [--per-city 10] [--deploys 1000] [--seed 1] [--tiers 1|2]
 
-Topology (as `tern relay` is meant to build it; relays are not built yet, so this is the
-design's expected behaviour, not Tern's code):
-    control plane (Ashburn, VA) -> 6 regional relays -> one relay per city -> nodes
+Topology: as `tern relay` builds it (`--tiers 1`, the default):
+    control plane (Ashburn, VA) -> one relay per city -> nodes
+With `--tiers 2`, a design Tern does not build (relays do not chain): the control plane
+feeds 6 regional relays, and each city relay follows its region's.
 
 Assumptions:
 - Cities: CITIES points drawn (seeded) in six continental boxes, weighted by where internet
@@ -16,11 +17,11 @@ Assumptions:
 - Latency between two points: the router's model (router/src/geo.rs): light in fibre
   200 km/ms over 1.5 x the great circle, plus 1 ms per hop for switching and the last mile.
   One-way time is half that round trip.
-- A revision notice is forwarded by a relay as soon as it arrives (a QUIC stream write).
-- Bundles: a node asks its city relay for a bundle it lacks; the city relay asks its
-  regional relay, which asks the control plane, each at most once per bundle (requests that
-  arrive while a fetch is under way wait for it). A fetch costs one round trip on that link
-  plus the bundle's transfer: 50 KiB at 100 Mbit/s per link (4 ms).
+- A relay stores and forwards, as `tern relay` does: on a revision notice it fetches the
+  bundle from its upstream (one round trip plus the transfer), verifies and keeps it
+  (RELAY_MS), and only then passes the notice down; each relay fetches a bundle once for
+  all below it. Its nodes then fetch the bundle from it. A transfer is 50 KiB at 100 Mbit/s
+  per link (4 ms).
 - Applying (verify the signature and hash, boot the isolate, swap the table) is drawn from
   what a single node measured on loopback with benches/deploy.py --nodes 1: 2-6 ms,
   median 4 ms (commit to acknowledgement, so it also holds the loopback round trips).
@@ -47,6 +48,7 @@ FIBRE_KM_PER_MS, STRETCH, HOP_MS = 200.0, 1.5, 1.0
 BUNDLE_KIB, LINK_MBIT = 50, 100
 APPLY_MS = [3, 4, 4, 2, 2, 5, 2, 5, 5, 4, 4, 5, 6, 6, 4, 4, 5, 4, 4, 4, 5, 2, 2, 5, 4, 5, 3, 3, 3, 2]
 LOSS, MAX_ACK_DELAY_MS = 0.001, 25.0
+RELAY_MS = 1.0  # a relay verifies the hash and signature of a 50 KiB bundle and writes it
 
 
 def km(a, b):
@@ -72,12 +74,21 @@ def transfer_ms():
     return BUNDLE_KIB * 8 * 1024 / (LINK_MBIT * 1e6) * 1000
 
 
+def relay_ready(rng, ready_upstream, link):
+    """When a relay with `link` (round trip) to its upstream, which had the update at
+    `ready_upstream`, has it: the notice, its fetch of the bundle, and its check."""
+    notice = ready_upstream + send(rng, link / 2, link)
+    return notice + send(rng, link, link) + transfer_ms() + RELAY_MS
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cities", type=int, default=300)
     ap.add_argument("--per-city", type=int, default=10)
     ap.add_argument("--deploys", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--tiers", type=int, choices=(1, 2), default=1,
+                    help="1: city relays follow the control plane (built); 2: through regional relays (design)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     cities = []  # (region index, location)
@@ -91,25 +102,26 @@ def main():
 
     everywhere, per_node, known = [], [], []
     for _ in range(args.deploys):
-        # Time (ms after the commit) at which each regional relay has the notice and the bundle.
-        hub_notice, hub_bundle = {}, {}
-        for r, hub in hubs.items():
-            link = rtt(CONTROL_PLANE, hub)
-            hub_notice[r] = send(rng, link / 2, link)
-            hub_bundle[r] = hub_notice[r] + send(rng, link, link) + transfer_ms()
+        # When each regional relay has the update (two tiers only).
+        hub_ready = {r: relay_ready(rng, 0.0, rtt(CONTROL_PLANE, hub)) for r, hub in hubs.items()}
         last_live, last_ack = 0.0, 0.0
         for r, city in cities:
-            link = rtt(hubs[r], city)
-            notice = hub_notice[r] + send(rng, link / 2, link)
-            # The city relay asks for the bundle on the notice; the hub answers once it has it.
-            bundle = max(notice + link / 2, hub_bundle[r]) + send(rng, link / 2, link) + transfer_ms()
-            up = rtt(CONTROL_PLANE, hubs[r])
+            if args.tiers == 2:
+                link = rtt(hubs[r], city)
+                ready = relay_ready(rng, hub_ready[r], link)
+                up = [link, rtt(CONTROL_PLANE, hubs[r])]
+            else:
+                link = rtt(CONTROL_PLANE, city)
+                ready = relay_ready(rng, 0.0, link)
+                up = [link]
             for _ in range(args.per_city):
                 local = HOP_MS  # node to its city relay, same city
-                live = max(notice + local / 2 + local, bundle + local / 2) + transfer_ms() + rng.choice(APPLY_MS)
+                # The notice, the node's fetch from its relay, the transfer, the apply.
+                live = ready + local / 2 + local + transfer_ms() + rng.choice(APPLY_MS)
                 per_node.append(live)
                 last_live = max(last_live, live)
-                ack = live + local / 2 + send(rng, link / 2, link) + send(rng, up / 2, up)
+                # The acknowledgement goes up through the relays as it arrives.
+                ack = live + local / 2 + sum(send(rng, hop / 2, hop) for hop in up)
                 last_ack = max(last_ack, ack)
         everywhere.append(last_live)
         known.append(last_ack)
@@ -119,8 +131,9 @@ def main():
         return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
     nodes = args.cities * args.per_city
+    relays = f"{len(hubs)} regional and {args.cities} city relays" if args.tiers == 2 else f"{args.cities} city relays"
     print(f"simulated propagation: {args.cities} cities x {args.per_city} nodes = {nodes} nodes behind "
-          f"{len(hubs)} regional and {args.cities} city relays, control plane in Ashburn; {args.deploys} deploys")
+          f"{relays}, control plane in Ashburn; {args.deploys} deploys")
     print(f"  a node is live after:        p50 {pct(per_node, 50):6.0f} ms  p99 {pct(per_node, 99):6.0f} ms")
     print(f"  every node is live after:    p50 {pct(everywhere, 50):6.0f} ms  p99 {pct(everywhere, 99):6.0f} ms")
     print(f"  the control plane knows at:  p50 {pct(known, 50):6.0f} ms  p99 {pct(known, 99):6.0f} ms "

@@ -15,7 +15,7 @@
 //! | `POST /v1/nodes` | with the join token (or the admin token): enrols a node, body `{"node": {name, region, location, listen}, "csr": PEM}`; answers its certificate, the CA certificate and the signing key |
 //! | `POST /v1/relays` | with the join token (or the admin token): enrols a relay, same body and answer; its certificate also serves nodes under the distribution name |
 //! | `GET /v1/topology[?after=N]` | with the join token (or the admin token), for routers: every enrolled node (name, region, location, listen address, connected) and every function's routes and placement; with `after`, answers as soon as a revision newer than `N` commits, or after a second |
-//! | `GET /v1/status` | every function's active version, every node's applied revision, and how far the latest revision has spread |
+//! | `GET /v1/status` | every function's active version, every node's applied revision (and the relay it is connected through, if any), every relay, and how far the latest revision has spread |
 //! | `GET /v1/revisions/{n}` | how far revision `n` has spread: which nodes serve it, which are pending or offline, and the propagation time once done |
 //!
 //! Errors answer `{"error": code, "message": ...}` with a status that fits.

@@ -184,6 +184,13 @@ pub fn progress(revision: u64, committed_ms: u64, nodes: &BTreeMap<String, NodeL
             out.live.push(name.clone());
         } else if let Some((r, reason)) = node.refused.as_ref().filter(|(r, _)| *r >= revision) {
             out.refused.push((name.clone(), format!("revision {r}: {reason}")));
+        } else if let Some((relay, (r, reason))) = node
+            .via
+            .as_ref()
+            .and_then(|relay| Some((relay, nodes.get(relay)?.refused.as_ref().filter(|(r, _)| *r >= revision)?)))
+        {
+            // The node cannot get it: the relay it is connected through refused it.
+            out.refused.push((name.clone(), format!("its relay {relay} refused revision {r}: {reason}")));
         } else {
             out.pending.push(name.clone());
         }
@@ -286,5 +293,23 @@ mod tests {
         assert_eq!(p.propagation_ms, None);
         fleet.applied("b", 3, 50);
         assert_eq!(progress(2, 5, &fleet.snapshot(), &enrolled).propagation_ms, Some(45));
+    }
+
+    #[test]
+    fn a_node_behind_a_relay_that_refused_a_revision_is_reported_with_the_relays_reason() {
+        let fleet = Fleet::default();
+        fleet.connected(info("r1"), 1, 0);
+        fleet.connected_via(info("a"), 1, 0, Some("r1".into()));
+        fleet.connected(info("b"), 1, 0);
+        fleet.refused("r1", 2, "bundle 1234: bad signature".into());
+        fleet.applied("b", 2, 10);
+        // Relays are not enrolled as nodes: only a and b count.
+        let enrolled = ["a", "b"].map(String::from);
+        let p = progress(2, 5, &fleet.snapshot(), &enrolled);
+        assert_eq!(p.live, ["b"]);
+        assert_eq!(p.refused, [("a".into(), "its relay r1 refused revision 2: bundle 1234: bad signature".into())]);
+        assert!(p.pending.is_empty() && p.propagation_ms.is_none());
+        // An older refusal by the relay says nothing about this revision.
+        assert_eq!(progress(3, 5, &fleet.snapshot(), &enrolled).pending, ["a", "b"]);
     }
 }
