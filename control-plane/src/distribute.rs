@@ -9,13 +9,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tern_distribution::framing::{StreamError, read_frame, reader, write_frame};
-use tern_proto::distribution::{
-    Assignment, BundleAnswer, DownstreamEvent, NodeMessage, ToRelay, Update, changes_after,
-};
+use tern_proto::distribution::{Assignment, DownstreamEvent, NodeMessage, ToRelay, Update, changes_after};
 
 use crate::api::{ControlPlane, now_ms};
 use crate::store::{Active, Store, StoreError};
 use tern_distribution::identity::peer_fingerprint;
+use tern_distribution::serve::{Ended, accept, answer_fetches};
 
 #[derive(Debug, thiserror::Error)]
 enum DistributionError {
@@ -29,27 +28,19 @@ enum DistributionError {
     Refused(String),
 }
 
-/// Serves nodes on `endpoint` until it is closed.
-pub async fn serve<S: Store>(plane: Arc<ControlPlane<S>>, endpoint: quinn::Endpoint) {
-    while let Some(incoming) = endpoint.accept().await {
-        let plane = plane.clone();
-        tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            let connection = match incoming.await {
-                Ok(connection) => connection,
-                Err(e) => {
-                    tracing::info!(%remote, "a node's connection failed its handshake: {e}");
-                    return;
-                }
-            };
-            if let Err(e) = serve_node(&plane, &connection).await {
-                tracing::info!(%remote, "node connection ended: {e}");
-                if let DistributionError::Refused(reason) = &e {
-                    connection.close(1u32.into(), reason.as_bytes());
-                }
-            }
-        });
+impl Ended for DistributionError {
+    fn refusal(&self) -> Option<&str> {
+        if let DistributionError::Refused(reason) = self { Some(reason) } else { None }
     }
+}
+
+/// Serves nodes (and relays) on `endpoint` until it is closed.
+pub async fn serve<S: Store>(plane: Arc<ControlPlane<S>>, endpoint: quinn::Endpoint) {
+    accept(endpoint, move |connection| {
+        let plane = plane.clone();
+        async move { serve_node(&plane, &connection).await }
+    })
+    .await
 }
 
 async fn serve_node<S: Store>(
@@ -89,7 +80,17 @@ async fn serve_node<S: Store>(
     tracing::info!(node = %name, region = %node.region, applied, role = role(relay), "connected");
     let session = plane.fleet().connected(node, applied, now_ms());
     plane.publish(&name).await;
-    let fetches = tokio::spawn(serve_fetches(plane.clone(), connection.clone()));
+    let from = plane.clone();
+    let fetches = tokio::spawn(answer_fetches(connection.clone(), move |id| {
+        let plane = from.clone();
+        async move {
+            match plane.store().bundle(&id).await {
+                Ok(Some(wire)) => Ok(wire),
+                Ok(None) => Err(format!("no bundle {id}")),
+                Err(e) => Err(format!("bundle {id}: {e}")),
+            }
+        }
+    }));
     let mut below = relay.then(|| Below { relay: name.clone(), sessions: HashMap::new() });
     let result = subscription(plane, &name, applied, &mut send, recv, below.as_mut()).await;
     fetches.abort();
@@ -247,35 +248,5 @@ fn assignment(active: &Active) -> Assignment {
         revision: active.revision,
         rollout: active.rollout.clone(),
         secrets: Default::default(),
-    }
-}
-
-/// Answers bundle requests, one per stream.
-async fn serve_fetches<S: Store>(plane: Arc<ControlPlane<S>>, connection: quinn::Connection) {
-    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
-        let plane = plane.clone();
-        tokio::spawn(async move {
-            let answer = async {
-                let Some(NodeMessage::Fetch { bundle }) = read_frame(&mut recv).await? else {
-                    return Err(DistributionError::Refused("a fetch stream must start with fetch".into()));
-                };
-                match plane.store().bundle(&bundle).await? {
-                    Some(wire) => {
-                        let answer = BundleAnswer { size: Some(wire.len() as u64), error: None };
-                        write_frame(&mut send, &answer).await?;
-                        send.write_all(&wire).await.map_err(StreamError::from)?;
-                    }
-                    None => {
-                        let answer = BundleAnswer { size: None, error: Some(format!("no bundle {bundle}")) };
-                        write_frame(&mut send, &answer).await?;
-                    }
-                }
-                let _ = send.finish();
-                Ok(())
-            };
-            if let Err(e) = answer.await {
-                tracing::info!("a bundle fetch failed: {e}");
-            }
-        });
     }
 }

@@ -55,8 +55,9 @@ pub enum AgentError {
     Data(PathBuf, std::io::Error),
 }
 
+/// Why a subscription upstream (a node's, or a relay's) ended.
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+pub(crate) enum SessionError {
     #[error("cannot connect: {0}")]
     Connect(String),
     #[error("connection lost: {0}")]

@@ -6,7 +6,8 @@
 //! and certificate on disk, its TLS configuration: [`identity`]), what the node has applied
 //! and the verified bundles it keeps on disk ([`local`]), and the node's side of the
 //! connection ([`agent`]: subscribe, fetch, verify, hand over, acknowledge, reconnect), and
-//! the relay that stands between the control plane and many nodes ([`relay`]). The
+//! the relay that stands between the control plane and many nodes ([`relay`]), and what the
+//! control plane and relays share as servers ([`serve`]). The
 //! control plane's side is `tern-control-plane`'s `distribute`. Never links the JS engine:
 //! what a node does with a verified state is the caller's.
 
@@ -15,3 +16,4 @@ pub mod framing;
 pub mod identity;
 pub mod local;
 pub mod relay;
+pub mod serve;

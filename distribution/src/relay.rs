@@ -23,15 +23,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tern_proto::VerifyingKey;
-use tern_proto::distribution::{
-    Assignment, BundleAnswer, DownstreamEvent, NodeInfo, NodeMessage, RelayedState, ToRelay, Update,
-};
+use tern_proto::distribution::{Assignment, DownstreamEvent, NodeInfo, NodeMessage, RelayedState, ToRelay, Update};
 use tokio::sync::{mpsc, watch};
 
-use crate::agent::{connect, fetch};
+use crate::agent::{SessionError, connect, fetch};
 use crate::framing::{AbortOnDrop, StreamError, read_frame, reader, write_frame};
 use crate::identity::{Identity, IdentityError, peer_fingerprint};
 use crate::local::{LocalState, verify};
+use crate::serve::{Ended, accept, answer_fetches};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -87,7 +86,11 @@ pub async fn run(config: RelayConfig, ready: tokio::sync::oneshot::Sender<Socket
     let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), config.socket, runtime)
         .map_err(RelayError::Listen)?;
     let bound = endpoint.local_addr().map_err(RelayError::Listen)?;
-    tokio::spawn(serve_nodes(relay.clone(), endpoint));
+    let serving = relay.clone();
+    tokio::spawn(accept(endpoint, move |connection| {
+        let relay = serving.clone();
+        async move { serve_node(&relay, &connection).await }
+    }));
     let _ = ready.send(bound);
 
     let mut backoff = BACKOFF_FIRST;
@@ -172,18 +175,6 @@ impl Below {
             fingerprint: node.fingerprint.clone(),
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum SessionError {
-    #[error("cannot connect: {0}")]
-    Connect(String),
-    #[error("connection lost: {0}")]
-    Connection(#[from] quinn::ConnectionError),
-    #[error("{0}")]
-    Stream(#[from] StreamError),
-    #[error("the control plane closed the subscription")]
-    Closed,
 }
 
 impl Relay {
@@ -286,29 +277,6 @@ impl Relay {
     }
 }
 
-/// Accepts nodes until the endpoint closes.
-async fn serve_nodes(relay: Arc<Relay>, endpoint: quinn::Endpoint) {
-    while let Some(incoming) = endpoint.accept().await {
-        let relay = relay.clone();
-        tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            let connection = match incoming.await {
-                Ok(connection) => connection,
-                Err(e) => {
-                    tracing::info!(%remote, "a node's connection failed its handshake: {e}");
-                    return;
-                }
-            };
-            if let Err(e) = serve_node(&relay, &connection).await {
-                tracing::info!(%remote, "node connection ended: {e}");
-                if let NodeError::Refused(reason) = &e {
-                    connection.close(1u32.into(), reason.as_bytes());
-                }
-            }
-        });
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 enum NodeError {
     #[error("{0}")]
@@ -317,6 +285,12 @@ enum NodeError {
     Stream(#[from] StreamError),
     #[error("refused: {0}")]
     Refused(String),
+}
+
+impl Ended for NodeError {
+    fn refusal(&self) -> Option<&str> {
+        if let NodeError::Refused(reason) = self { Some(reason) } else { None }
+    }
 }
 
 async fn serve_node(relay: &Arc<Relay>, connection: &quinn::Connection) -> Result<(), NodeError> {
@@ -342,7 +316,11 @@ async fn serve_node(relay: &Arc<Relay>, connection: &quinn::Connection) -> Resul
         below.sessions
     };
     tracing::info!(node = %name, applied, "node connected");
-    let fetches = tokio::spawn(serve_fetches(relay.clone(), connection.clone()));
+    let from = relay.clone();
+    let fetches = tokio::spawn(answer_fetches(connection.clone(), move |id| {
+        let relay = from.clone();
+        async move { relay.bundle(&id).await }
+    }));
     let result = subscription(relay, &name, applied, &mut send, recv).await;
     fetches.abort();
     let mut below = relay.below();
@@ -394,31 +372,5 @@ async fn subscription(
                 Some(other) => return Err(NodeError::Refused(format!("unexpected message {other:?}"))),
             },
         }
-    }
-}
-
-/// Answers bundle requests, one per stream.
-async fn serve_fetches(relay: Arc<Relay>, connection: quinn::Connection) {
-    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
-        let relay = relay.clone();
-        tokio::spawn(async move {
-            let answer = async {
-                let Some(NodeMessage::Fetch { bundle }) = read_frame(&mut recv).await? else {
-                    return Err(NodeError::Refused("a fetch stream must start with fetch".into()));
-                };
-                match relay.bundle(&bundle).await {
-                    Ok(wire) => {
-                        write_frame(&mut send, &BundleAnswer { size: Some(wire.len() as u64), error: None }).await?;
-                        send.write_all(&wire).await.map_err(StreamError::from)?;
-                    }
-                    Err(error) => write_frame(&mut send, &BundleAnswer { size: None, error: Some(error) }).await?,
-                }
-                let _ = send.finish();
-                Ok(())
-            };
-            if let Err(e) = answer.await {
-                tracing::info!("a bundle fetch failed: {e}");
-            }
-        });
     }
 }

@@ -209,33 +209,9 @@ impl Node {
 
     /// Starts `tern node` with `args` behind `wrapper` (see [`tern_command`]).
     pub fn spawn_wrapped(wrapper: Vec<String>, name: &str, args: Vec<String>) -> Result<Self, String> {
-        let mut child = tern_command(&wrapper)
-            .args(&args)
-            .env("TERN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tern node");
-        let (output, reader) = capture(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
         let prefix = format!("tern node {name}: serving on http://");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix(&prefix) {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        match rx.recv_timeout(PATIENCE) {
-            Ok(addr) => Ok(Self { child, name: name.to_string(), addr, args, wrapper, output, reader: Some(reader) }),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(output.lock().unwrap().clone())
-            }
-        }
+        let (child, addr, output, reader) = start_until(&wrapper, &args, &prefix)?;
+        Ok(Self { child, name: name.to_string(), addr, args, wrapper, output, reader: Some(reader) })
     }
 
     pub fn stop(&mut self) {
@@ -308,31 +284,9 @@ impl Relay {
     }
 
     fn spawn(name: &str, addr: String, args: Vec<String>) -> Self {
-        let mut child = tern_command(&[])
-            .args(&args)
-            .env("TERN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tern relay");
-        let (output, _) = capture(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
         let ready = format!("tern relay {name}: serving nodes on udp {addr}");
-        match rx.recv_timeout(PATIENCE) {
-            Ok(line) if line == ready => {}
-            line => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("tern relay {name} did not start ({line:?}):\n{}", output.lock().unwrap());
-            }
-        }
+        let (child, _, output, _) = start_until(&[], &args, &ready)
+            .unwrap_or_else(|output| panic!("tern relay {name} did not start:\n{output}"));
         Self { child, name: name.to_string(), addr, args, output }
     }
 
@@ -355,6 +309,43 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A started process: the child, the rest of its ready line, its standard error as it comes,
+/// and the thread collecting it.
+type Started = (Child, String, Arc<Mutex<String>>, std::thread::JoinHandle<()>);
+
+/// Starts `tern ARGS` behind `wrapper` and waits (at most [`PATIENCE`]) for the line on its
+/// standard output that starts with `ready`. The error is what it printed when it did not
+/// come up.
+fn start_until(wrapper: &[String], args: &[String], ready: &str) -> Result<Started, String> {
+    let mut child = tern_command(wrapper)
+        .args(args)
+        .env("TERN_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tern");
+    let (output, reader) = capture(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let prefix = ready.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(&prefix) {
+                let _ = tx.send(rest.to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(PATIENCE) {
+        Ok(rest) => Ok((child, rest, output, reader)),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(output.lock().unwrap().clone())
+        }
     }
 }
 
