@@ -18,7 +18,8 @@ const PROBE: &str = r#"export default { async fetch(req) {
   catch (e) { return new Response("refused: " + e.name + ": " + e.message); }
 } };"#;
 
-/// An HTTP/1.1 server on 127.0.0.1: `/` answers `internal`, `/to?u=URL` redirects there.
+/// An HTTP/1.1 server on 127.0.0.1: `/` answers `internal` (`internal, told the policy` if
+/// Tern's internal `tern-egress` header reached it), `/to?u=URL` redirects there.
 async fn internal_service() -> SocketAddr {
     use hyper::service::service_fn;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -28,7 +29,12 @@ async fn internal_service() -> SocketAddr {
             let Ok((stream, _)) = listener.accept().await else { return };
             tokio::spawn(async move {
                 let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from("internal")));
+                    let body = if req.headers().contains_key("tern-egress") {
+                        "internal, told the policy"
+                    } else {
+                        "internal"
+                    };
+                    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
                     if let Some(target) = req.uri().query().and_then(|q| q.strip_prefix("u=")) {
                         *response.status_mut() = http::StatusCode::FOUND;
                         response.headers_mut().insert("location", target.parse().unwrap());
@@ -96,6 +102,20 @@ async fn allow_loopback_opens_loopback_only_and_redirects_are_checked_at_every_h
     let redirect = format!("http://{service}/to?u=http://169.254.169.254/latest/meta-data/");
     let answer = probe(&tern, "probe.localhost", &redirect).await;
     assert!(answer.contains("refused by the egress policy"), "{answer}");
+}
+
+#[tokio::test]
+async fn bug_a_redirect_to_a_private_ipv6_literal_was_followed() {
+    // deno_permissions' deny list takes IPv6 addresses, not ranges: the first URL was
+    // checked by Tern's op, but a redirect hop only by that list.
+    let service = internal_service().await;
+    let p = Project::new("probe", &[("index.js", PROBE)]);
+    let tern = Tern::dev_with(&[p.path()], &["--allow-loopback"]);
+    for target in ["http://[fc00::1]/", "http://[fe80::2]/", "http://[fd12:3456::1]:8080/", "http://[::ffff:a00:1]/"] {
+        let redirect = format!("http://{service}/to?u={target}");
+        let answer = probe(&tern, "probe.localhost", &redirect).await;
+        assert!(answer.contains("refused by the egress policy"), "{target}: {answer}");
+    }
 }
 
 #[tokio::test]

@@ -103,7 +103,9 @@ function countingHops(webFetch, Request) {
       outbound = new Request(input, init);
       // Counts the subrequest (refused past limits.subrequests), even one the policy refuses.
       outbound.headers.set("tern-hops", String(op_tern_outbound_hops()));
-      op_tern_egress_check(outbound.url);
+      // Names the policy for deno_fetch's request hook, which checks every redirect hop and
+      // removes the header before sending.
+      outbound.headers.set("tern-egress", op_tern_egress_check(outbound.url));
     } catch (e) {
       return PromiseReject(e);
     }

@@ -7,7 +7,8 @@
 //! Tern builds all of these here from an [`Egress`]: the [`EgressPolicy`] (which ranges are
 //! refused), its deny list for deno_permissions (IPv4 ranges, exact IPv6 addresses, names),
 //! the guarded resolver and [`check_url`] that cover IPv6 ranges, which that deny list
-//! cannot express, and the hop-count constants. The JS side (`00_global_scope.js`) stamps
+//! cannot express, the check of every request deno_fetch sends ([`check_each_request`], which
+//! also sees redirect hops), and the hop-count constants. The JS side (`00_global_scope.js`) stamps
 //! `tern-hops` and words refusals.
 
 use std::sync::Arc;
@@ -163,8 +164,48 @@ pub fn fetch_options(egress: &Egress) -> Options {
         user_agent: USER_AGENT.to_string(),
         root_cert_store_provider: egress.roots.clone().map(|r| r as Arc<dyn RootCertStoreProvider>),
         resolver,
+        request_builder_hook: Some(check_each_request),
         ..Default::default()
     }
+}
+
+/// Header on a function's outbound request, from its `fetch` to deno_fetch's request
+/// builder, naming the policy to check every hop against ([`EgressPolicy::header_value`]).
+/// Set by `fetch` (over anything the function wrote), read and removed before sending.
+pub const POLICY_HEADER: &str = "tern-egress";
+
+impl EgressPolicy {
+    /// The policy as [`POLICY_HEADER`] carries it: `*` for any destination, else the
+    /// allowed ranges, comma-separated (empty for public destinations only).
+    pub fn header_value(&self) -> String {
+        match self {
+            Self::AllowAll => "*".to_string(),
+            Self::PublicOnly => String::new(),
+            Self::PublicAnd(allowed) => allowed.iter().map(IpNet::to_string).collect::<Vec<_>>().join(","),
+        }
+    }
+
+    /// The policy a [`POLICY_HEADER`] value names; public destinations only for anything
+    /// else (a request that did not come through a function's `fetch`).
+    pub fn from_header(value: Option<&str>) -> Self {
+        match value {
+            Some("*") => Self::AllowAll,
+            Some(ranges) => {
+                let allowed: Vec<IpNet> = ranges.split(',').filter_map(|r| r.trim().parse().ok()).collect();
+                Self::PublicOnly.also_allowing(&allowed)
+            }
+            None => Self::PublicOnly,
+        }
+    }
+}
+
+/// deno_fetch's hook on every request it builds, redirect hops included (it follows
+/// redirects in JavaScript, calling its op again): refuses a host that is a denied IP
+/// literal, which the permissions' deny list misses for IPv6 ranges.
+fn check_each_request(request: &mut http::Request<deno_fetch::ReqBody>) -> Result<(), JsErrorBox> {
+    let header = request.headers_mut().remove(POLICY_HEADER);
+    let policy = EgressPolicy::from_header(header.as_ref().and_then(|v| v.to_str().ok()));
+    check_url(&policy.denied(), &request.uri().to_string()).map_err(JsErrorBox::type_error)
 }
 
 /// Whether `ip` (an IPv4-mapped IPv6 address counts as its IPv4 address) is in `denied`.
@@ -205,8 +246,9 @@ impl deno_fetch::dns::Resolve for GuardedResolver {
     }
 }
 
-/// The ranges an isolate's outbound requests may not reach, in its op state.
-pub struct Denied(pub Arc<Vec<IpNet>>);
+/// The ranges an isolate's outbound requests may not reach, and its policy as
+/// [`POLICY_HEADER`] carries it, in its op state.
+pub struct Denied(pub Arc<Vec<IpNet>>, pub String);
 
 /// Refuses a URL whose host is a denied IP literal (IPv6 ranges included, which the
 /// permissions' deny list cannot express).
@@ -270,7 +312,7 @@ pub fn permissions(policy: &EgressPolicy) -> PermissionsContainer {
 /// function's `[egress] allow` widens the node's policy (with [`fetch_options`] as well).
 pub fn put_policy(state: &mut deno_core::OpState, policy: &EgressPolicy) {
     state.put(permissions(policy));
-    state.put(Denied(Arc::new(policy.denied())));
+    state.put(Denied(Arc::new(policy.denied()), policy.header_value()));
 }
 
 /// The most hops a request may have made through Tern nodes before it is refused.
@@ -319,6 +361,21 @@ mod tests {
         let mut loopback = permissions(&EgressPolicy::PublicOnly.also_allowing(&[net("127.0.0.0/8")]));
         assert!(loopback.check_net_url(&url("http://127.0.0.1:8080/"), "t").is_ok());
         assert!(loopback.check_net_url(&url("http://10.1.2.3/"), "t").is_err());
+    }
+
+    #[test]
+    fn the_policy_header_round_trips_and_anything_else_means_public_only() {
+        for policy in [
+            EgressPolicy::AllowAll,
+            EgressPolicy::PublicOnly,
+            EgressPolicy::PublicAnd(vec![net("127.0.0.0/8"), net("fc00::/7")]),
+        ] {
+            let back = EgressPolicy::from_header(Some(&policy.header_value()));
+            assert_eq!(back.denied(), policy.denied(), "{policy:?}");
+        }
+        let public = EgressPolicy::PublicOnly.denied();
+        assert_eq!(EgressPolicy::from_header(None).denied(), public, "no header: public only");
+        assert_eq!(EgressPolicy::from_header(Some("nonsense")).denied(), public, "unreadable: public only");
     }
 
     #[test]

@@ -65,10 +65,15 @@ fn op_tern_module_bytes(state: &mut OpState, #[string] path: &str) -> Result<Uin
     Ok(Uint8Array::from(bytes.to_vec()))
 }
 
-/// Refuses an outbound URL whose host is a denied IP literal, before deno_fetch sees it.
-#[op2(fast)]
-fn op_tern_egress_check(state: &mut OpState, #[string] url: &str) -> Result<(), JsErrorBox> {
-    egress::check_url(&state.borrow::<egress::Denied>().0, url).map_err(JsErrorBox::type_error)
+/// Refuses an outbound URL whose host is a denied IP literal, before deno_fetch sees it;
+/// answers the policy for the request's `tern-egress` header, which deno_fetch's request
+/// hook checks every redirect hop against.
+#[op2]
+#[string]
+fn op_tern_egress_check(state: &mut OpState, #[string] url: &str) -> Result<String, JsErrorBox> {
+    let denied = state.borrow::<egress::Denied>();
+    egress::check_url(&denied.0, url).map_err(JsErrorBox::type_error)?;
+    Ok(denied.1.clone())
 }
 
 /// The memory limit WebAssembly memories are clamped to, in the isolate's state.
