@@ -3,7 +3,7 @@
 // Workers handler protocol in 10_handler.js). Runs once per isolate at boot.
 import { core, internals, primordials } from "ext:core/mod.js";
 import {
-  op_tern_egress_check,
+  op_tern_egress_policy,
   op_tern_log,
   op_tern_module_bytes,
   op_tern_outbound_hops,
@@ -103,9 +103,9 @@ function countingHops(webFetch, Request) {
       outbound = new Request(input, init);
       // Counts the subrequest (refused past limits.subrequests), even one the policy refuses.
       outbound.headers.set("tern-hops", String(op_tern_outbound_hops()));
-      // Names the policy for deno_fetch's request hook, which checks every redirect hop and
-      // removes the header before sending.
-      outbound.headers.set("tern-egress", op_tern_egress_check(outbound.url));
+      // Names the policy for deno_fetch's request hook, which checks the request and every
+      // redirect hop, and removes the header before sending.
+      outbound.headers.set("tern-egress", op_tern_egress_policy());
     } catch (e) {
       return PromiseReject(e);
     }

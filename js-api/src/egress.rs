@@ -6,10 +6,11 @@
 //! the resolver in its [`Options`], and verifies TLS against the root store given there.
 //! Tern builds all of these here from an [`Egress`]: the [`EgressPolicy`] (which ranges are
 //! refused), its deny list for deno_permissions (IPv4 ranges, exact IPv6 addresses, names),
-//! the guarded resolver and [`check_url`] that cover IPv6 ranges, which that deny list
-//! cannot express, the check of every request deno_fetch sends ([`check_each_request`], which
-//! also sees redirect hops), and the hop-count constants. The JS side (`00_global_scope.js`) stamps
-//! `tern-hops` and words refusals.
+//! and, for the IPv6 ranges that deny list cannot express, the guarded resolver (names) and
+//! the check of every request deno_fetch builds, redirect hops included
+//! ([`check_each_request`], reading the policy from the request's [`POLICY_HEADER`]), and
+//! the hop-count constants. The JS side (`00_global_scope.js`) stamps `tern-hops` and
+//! `tern-egress`, and words refusals.
 
 use std::sync::Arc;
 
@@ -60,7 +61,7 @@ pub const PRIVATE_RANGES: &[&str] = &[
 
 /// The IPv6 addresses among [`PRIVATE_RANGES`] written out one by one for deno_permissions,
 /// whose deny list takes IPv6 addresses but not IPv6 ranges; the ranges are enforced by
-/// [`GuardedResolver`] (names) and [`check_url`] (literals) instead.
+/// [`GuardedResolver`] (names) and [`check_each_request`] (literals) instead.
 const PRIVATE_V6_ADDRESSES: &[&str] = &["[::]", "[::1]", "[fd00:ec2::254]"];
 
 /// Host names refused whatever they resolve to.
@@ -246,9 +247,8 @@ impl deno_fetch::dns::Resolve for GuardedResolver {
     }
 }
 
-/// The ranges an isolate's outbound requests may not reach, and its policy as
-/// [`POLICY_HEADER`] carries it, in its op state.
-pub struct Denied(pub Arc<Vec<IpNet>>, pub String);
+/// An isolate's policy as [`POLICY_HEADER`] carries it, in its op state.
+pub struct PolicyHeader(pub String);
 
 /// Refuses a URL whose host is a denied IP literal (IPv6 ranges included, which the
 /// permissions' deny list cannot express).
@@ -308,11 +308,11 @@ pub fn permissions(policy: &EgressPolicy) -> PermissionsContainer {
 }
 
 /// Puts what deno_fetch and Tern's egress check read into an isolate's state: the
-/// permissions for `policy` and its denied ranges. Used at isolate boot, and again when a
+/// permissions for `policy` and the policy for [`POLICY_HEADER`]. Used at isolate boot, and again when a
 /// function's `[egress] allow` widens the node's policy (with [`fetch_options`] as well).
 pub fn put_policy(state: &mut deno_core::OpState, policy: &EgressPolicy) {
     state.put(permissions(policy));
-    state.put(Denied(Arc::new(policy.denied()), policy.header_value()));
+    state.put(PolicyHeader(policy.header_value()));
 }
 
 /// The most hops a request may have made through Tern nodes before it is refused.

@@ -65,15 +65,12 @@ fn op_tern_module_bytes(state: &mut OpState, #[string] path: &str) -> Result<Uin
     Ok(Uint8Array::from(bytes.to_vec()))
 }
 
-/// Refuses an outbound URL whose host is a denied IP literal, before deno_fetch sees it;
-/// answers the policy for the request's `tern-egress` header, which deno_fetch's request
-/// hook checks every redirect hop against.
+/// The isolate's egress policy for an outbound request's `tern-egress` header, which
+/// deno_fetch's request hook checks the request and every redirect hop against.
 #[op2]
 #[string]
-fn op_tern_egress_check(state: &mut OpState, #[string] url: &str) -> Result<String, JsErrorBox> {
-    let denied = state.borrow::<egress::Denied>();
-    egress::check_url(&denied.0, url).map_err(JsErrorBox::type_error)?;
-    Ok(denied.1.clone())
+fn op_tern_egress_policy(state: &mut OpState) -> String {
+    state.borrow::<egress::PolicyHeader>().0.clone()
 }
 
 /// The memory limit WebAssembly memories are clamped to, in the isolate's state.
@@ -122,7 +119,7 @@ deno_core::extension!(
         exchange::op_tern_body_close,
         exchange::op_tern_fail,
         exchange::op_tern_outbound_hops,
-        op_tern_egress_check,
+        op_tern_egress_policy,
         op_tern_wasm_clamp,
         op_tern_wasm_max_pages,
         op_tern_wasi_module,

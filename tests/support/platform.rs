@@ -372,23 +372,10 @@ pub struct Router {
 impl Router {
     /// `tern router ARGS` behind `wrapper` (see [`tern_command`]).
     pub fn start_wrapped(wrapper: &[String], args: &[String]) -> Self {
-        let mut child = tern_command(wrapper)
-            .args(["--log-format", "json", "router"])
-            .args(args)
-            .env("TERN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tern router");
-        let (output, _) = capture(child.stderr.take().unwrap());
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().and_then(Result::ok).unwrap_or_else(|| {
-            let _ = child.kill();
-            panic!("tern router did not start:\n{}", output.lock().unwrap())
-        });
-        let addr = first.strip_prefix("tern router: listening on http://").expect(&first).to_string();
-        std::thread::spawn(move || lines.for_each(drop));
+        let args: Vec<String> =
+            ["--log-format", "json", "router"].map(String::from).into_iter().chain(args.to_vec()).collect();
+        let (child, addr, output, _) = start_until(wrapper, &args, "tern router: listening on http://")
+            .unwrap_or_else(|output| panic!("tern router did not start:\n{output}"));
         Self { child, addr, output }
     }
 
