@@ -1,6 +1,7 @@
 //! Tern's isolate runtime: runs function bundles in deno_core isolates, under limits.
 //!
-//! Owns where isolates live and the warm pool ([`pool`]), the life of one function's
+//! Owns where isolates live and the warm pool ([`pool`]) with its threads' priorities
+//! ([`priority`]), the life of one function's
 //! isolate ([`isolate`]), CPU and memory accounting ([`meter`], [`memory`]) with the thread
 //! that enforces CPU deadlines ([`watchdog`]), the runtime's counters ([`stats`]), module
 //! loading from a bundle ([`loader`]) with the engine's compiled-code cache ([`code_cache`]) and npm package resolution ([`packages`]). It knows
@@ -14,6 +15,7 @@ pub mod memory;
 pub mod meter;
 pub mod packages;
 pub mod pool;
+pub mod priority;
 pub mod stats;
 pub mod watchdog;
 

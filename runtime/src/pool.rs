@@ -30,6 +30,7 @@ use tern_proto::{Bundle, BundleId, Limits};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::isolate::{Ending, Shape, WarmIsolate};
+use crate::priority;
 use crate::stats::RuntimeStats;
 
 /// Pause before a killed or crashed function gets its next isolate, so a function that
@@ -291,6 +292,8 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
             Start::Warm { .. } => shared.config.pool_shape(),
             Start::Cold(binding) => Shape::of(&binding.bundle),
         };
+        // A warm boot is work no request waits for: it yields the CPU to those that do.
+        let background = matches!(start, Start::Warm { .. }).then(priority::WarmBoot::begin);
         let booted = WarmIsolate::boot(&shared.config.egress, shape);
         if booted.is_ok() {
             shared.stats.boots.inc();
@@ -301,7 +304,8 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
                 lock(&shared.warm).push_back(tx);
                 shared.stats.warm_isolates.inc();
                 let _ = ready.send(true);
-                let Ok(binding) = rx.await else { return };
+                let Ok(binding) = rx.await else { return priority::tearing_down() };
+                background.into_iter().for_each(priority::WarmBoot::end);
                 (isolate, binding)
             }
             (Start::Warm { ready }, Err(e)) => {
