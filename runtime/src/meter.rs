@@ -156,8 +156,7 @@ impl Tripwire {
         if since.is_none_or(|t| t.elapsed() < STUCK_AFTER) || self.stuck.swap(true, Ordering::AcqRel) {
             return;
         }
-        // SAFETY: setpriority on a thread id of this process; failure only leaves the priority.
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, self.tid as libc::id_t, 19) };
+        crate::priority::quarantine(self.tid);
         if let Some(f) = self.on_stuck.get() {
             f();
         }

@@ -1,6 +1,6 @@
 //! Owns the scheduling priority of isolate threads: work that no request waits for (booting
-//! a warm isolate, tearing down a retired one) runs at the lowest priority, so that on a
-//! busy machine the threads serving requests win the CPU.
+//! a warm isolate, tearing down a retired one) and JS that could not be stopped run at the
+//! lowest priority, so that on a busy machine the threads serving requests win the CPU.
 //!
 //! Linux keeps a nice value per thread. Raising it is always allowed; lowering it again (a
 //! warm isolate's thread goes back to where it was once a function is bound to it) needs
@@ -66,6 +66,13 @@ impl WarmBoot {
 /// This thread only has teardown left: it yields the CPU to every other thread.
 pub fn tearing_down() {
     set_this_thread(BACKGROUND);
+}
+
+/// Thread `tid` of this process runs JS that cannot be stopped (see
+/// [`Tripwire`](crate::meter::Tripwire)): it keeps only the CPU nobody else wants.
+pub fn quarantine(tid: libc::pid_t) {
+    // SAFETY: a plain syscall on a thread id of this process; failure leaves the priority.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND) };
 }
 
 #[cfg(test)]
