@@ -1,47 +1,53 @@
-//! Owns the scheduling priority of isolate threads: work that no request waits for (booting
-//! a warm isolate, tearing down a retired one) and JS that could not be stopped run at the
-//! lowest priority, so that on a busy machine the threads serving requests win the CPU.
+//! Owns the scheduling of isolate threads: work that no request waits for (booting a warm
+//! isolate, tearing down a retired one) and JS that could not be stopped run under Linux's
+//! `SCHED_IDLE` policy, so that on a busy machine the threads serving requests win the CPU
+//! (such a thread runs when no other wants the core, and is preempted as soon as one does).
 //!
-//! Linux keeps a nice value per thread. Raising it is always allowed; lowering it again (a
-//! warm isolate's thread goes back to where it was once a function is bound to it) needs
+//! The policy is per thread. Entering `SCHED_IDLE` is always allowed; leaving it (a warm
+//! isolate's thread goes back to its policy once a function is bound to it) needs
 //! `CAP_SYS_NICE` or a high enough `RLIMIT_NICE`. Where the process cannot do that, warm
-//! boots stay at the thread's priority: a thread that will serve requests is never left
-//! behind.
+//! boots keep the thread's policy: a thread that will serve requests is never left behind.
 //! Teardowns are lowered everywhere, since their threads end with them.
 //!
 //! Measured (`benches/cold_start.rs`, two cores): request-path cold start p99 from 13-15 ms
-//! to about 7 ms while the pool refills; see `benches/RESULTS.md`.
+//! to 6-7 ms while the pool refills; nice 19 in its place gave 7-9 ms. See
+//! `benches/RESULTS.md`.
 
 use std::sync::OnceLock;
 
-/// The lowest priority (nice value): such a thread runs when no other wants the core.
-const BACKGROUND: libc::c_int = 19;
-
+/// The calling thread's scheduling policy.
 fn this_thread() -> libc::c_int {
-    // SAFETY: a plain syscall on the calling thread's own id.
-    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    // SAFETY: pid 0 is the calling thread.
+    unsafe { libc::sched_getscheduler(0) }
 }
 
-fn set_this_thread(nice: libc::c_int) -> bool {
-    // SAFETY: a plain syscall on the calling thread's own id.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) == 0 }
+/// Puts the calling thread under `policy` (one without a static priority).
+fn set_this_thread(policy: libc::c_int) -> bool {
+    set_thread(0, policy)
 }
 
-/// Whether this process may put a thread back where it was after lowering it, found out
-/// once on a scratch thread.
+fn set_thread(tid: libc::pid_t, policy: libc::c_int) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a plain syscall on a thread of this process (0: the calling one).
+    unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
+}
+
+/// Whether this process may put a thread back under its policy after `SCHED_IDLE`, found
+/// out once on a scratch thread.
 fn can_restore() -> bool {
     static CAN: OnceLock<bool> = OnceLock::new();
     *CAN.get_or_init(|| {
         std::thread::spawn(|| {
             let was = this_thread();
-            set_this_thread(BACKGROUND) && set_this_thread(was)
+            set_this_thread(libc::SCHED_IDLE) && set_this_thread(was)
         })
         .join()
         .unwrap_or(false)
     })
 }
 
-/// A warm boot on this thread: lowered while it lasts, if the thread can be restored after.
+/// A warm boot on this thread: in the background while it lasts, if the thread can be
+/// restored after.
 pub struct WarmBoot {
     restore: Option<libc::c_int>,
 }
@@ -49,30 +55,31 @@ pub struct WarmBoot {
 impl WarmBoot {
     pub fn begin() -> Self {
         let was = this_thread();
-        let lowered = was < BACKGROUND && can_restore() && set_this_thread(BACKGROUND);
+        // Only the time-sharing policies; a real-time thread is the operator's choice.
+        let ordinary = was == libc::SCHED_OTHER || was == libc::SCHED_BATCH;
+        let lowered = ordinary && can_restore() && set_this_thread(libc::SCHED_IDLE);
         Self { restore: lowered.then_some(was) }
     }
 
-    /// The thread is about to serve a function: back to its priority before the boot.
+    /// The thread is about to serve a function: back to its policy before the boot.
     pub fn end(self) {
         if let Some(was) = self.restore
             && !set_this_thread(was)
         {
-            tracing::warn!("an isolate thread could not return to its priority after its warm boot");
+            tracing::warn!("an isolate thread could not leave the background after its warm boot");
         }
     }
 }
 
 /// This thread only has teardown left: it yields the CPU to every other thread.
 pub fn tearing_down() {
-    set_this_thread(BACKGROUND);
+    set_this_thread(libc::SCHED_IDLE);
 }
 
 /// Thread `tid` of this process runs JS that cannot be stopped (see
 /// [`Tripwire`](crate::meter::Tripwire)): it keeps only the CPU nobody else wants.
 pub fn quarantine(tid: libc::pid_t) {
-    // SAFETY: a plain syscall on a thread id of this process; failure leaves the priority.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND) };
+    set_thread(tid, libc::SCHED_IDLE);
 }
 
 #[cfg(test)]
@@ -80,19 +87,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_warm_boot_ends_at_the_threads_priority_and_a_teardown_stays_low() {
+    fn a_warm_boot_ends_under_the_threads_policy_and_a_teardown_stays_in_the_background() {
         let was = this_thread();
         std::thread::spawn(move || {
-            assert_eq!(this_thread(), was, "threads start where their creator is");
+            assert_eq!(this_thread(), was, "threads start under their creator's policy");
             let boot = WarmBoot::begin();
-            assert_eq!(this_thread(), if can_restore() { BACKGROUND } else { was });
+            assert_eq!(this_thread(), if can_restore() { libc::SCHED_IDLE } else { was });
             boot.end();
-            assert_eq!(this_thread(), was, "a thread that serves must never stay lowered");
+            assert_eq!(this_thread(), was, "a thread that serves must never stay in the background");
             tearing_down();
-            assert_eq!(this_thread(), BACKGROUND);
+            assert_eq!(this_thread(), libc::SCHED_IDLE);
         })
         .join()
         .expect("thread");
-        assert_eq!(this_thread(), was, "only the calling thread is lowered");
+        assert_eq!(this_thread(), was, "only the calling thread is moved");
+    }
+
+    #[test]
+    fn a_quarantined_thread_keeps_only_idle_cpu() {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() }).expect("send");
+            done_rx.recv().expect("told to end");
+            this_thread()
+        });
+        quarantine(tid_rx.recv().expect("tid"));
+        done_tx.send(()).expect("send");
+        assert_eq!(thread.join().expect("thread"), libc::SCHED_IDLE);
     }
 }
