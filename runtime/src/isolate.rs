@@ -165,11 +165,6 @@ impl WarmIsolate {
         stats.live_isolates.inc();
         let ending = function.serve(&mut js).await;
         stats.live_isolates.dec();
-        if ending.is_none() {
-            // Retired: nothing waits for the teardown. (Not after a death: this thread then
-            // starts the next isolate, which would inherit the low priority.)
-            crate::priority::tearing_down();
-        }
         drop(js);
         match ending {
             None => Ending::Finished,

@@ -304,7 +304,7 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
                 lock(&shared.warm).push_back(tx);
                 shared.stats.warm_isolates.inc();
                 let _ = ready.send(true);
-                let Ok(binding) = rx.await else { return priority::tearing_down() };
+                let Ok(binding) = rx.await else { return };
                 background.into_iter().for_each(priority::WarmBoot::end);
                 (isolate, binding)
             }

@@ -1,13 +1,17 @@
 //! Owns the scheduling of isolate threads: work that no request waits for (booting a warm
-//! isolate, tearing down a retired one) and JS that could not be stopped run under Linux's
-//! `SCHED_IDLE` policy, so that on a busy machine the threads serving requests win the CPU
-//! (such a thread runs when no other wants the core, and is preempted as soon as one does).
+//! isolate) and JS that could not be stopped run under Linux's `SCHED_IDLE` policy, so that
+//! on a busy machine the threads serving requests win the CPU (such a thread runs when no
+//! other wants the core, and is preempted as soon as one does).
 //!
 //! The policy is per thread. Entering `SCHED_IDLE` is always allowed; leaving it (a warm
 //! isolate's thread goes back to its policy once a function is bound to it) needs
 //! `CAP_SYS_NICE` or a high enough `RLIMIT_NICE`. Where the process cannot do that, warm
 //! boots keep the thread's policy: a thread that will serve requests is never left behind.
-//! Teardowns are lowered everywhere, since their threads end with them.
+//!
+//! Retired isolates are torn down at normal priority on purpose: on a saturated machine a
+//! background teardown would hardly run, and evicted isolates would pile up in memory
+//! faster than they are freed. A starved warm boot costs nothing of the kind: the pool
+//! holds one boot in flight, and requests boot on demand (at normal priority) meanwhile.
 //!
 //! Measured (`benches/cold_start.rs`, two cores): request-path cold start p99 from 13-15 ms
 //! to 6-7 ms while the pool refills; nice 19 in its place gave 7-9 ms. See
@@ -71,11 +75,6 @@ impl WarmBoot {
     }
 }
 
-/// This thread only has teardown left: it yields the CPU to every other thread.
-pub fn tearing_down() {
-    set_this_thread(libc::SCHED_IDLE);
-}
-
 /// Thread `tid` of this process runs JS that cannot be stopped (see
 /// [`Tripwire`](crate::meter::Tripwire)): it keeps only the CPU nobody else wants.
 pub fn quarantine(tid: libc::pid_t) {
@@ -87,7 +86,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_warm_boot_ends_under_the_threads_policy_and_a_teardown_stays_in_the_background() {
+    fn a_warm_boot_ends_under_the_threads_policy() {
         let was = this_thread();
         std::thread::spawn(move || {
             assert_eq!(this_thread(), was, "threads start under their creator's policy");
@@ -95,8 +94,6 @@ mod tests {
             assert_eq!(this_thread(), if can_restore() { libc::SCHED_IDLE } else { was });
             boot.end();
             assert_eq!(this_thread(), was, "a thread that serves must never stay in the background");
-            tearing_down();
-            assert_eq!(this_thread(), libc::SCHED_IDLE);
         })
         .join()
         .expect("thread");
