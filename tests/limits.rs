@@ -29,6 +29,41 @@ async fn waiting_for_a_slow_promise_is_not_charged_as_cpu_time() {
 }
 
 #[tokio::test]
+async fn bug_concurrent_requests_were_charged_for_each_others_cpu_and_killed() {
+    // Each request uses a few ms of CPU, far below the 50 ms limit. With several in flight,
+    // one poll of the event loop ran many of them start to finish; its CPU went to whoever
+    // was left in flight, or to the background account once none was, and the isolate was
+    // killed for cpu_limit_exceeded every few dozen requests.
+    let p = with_limits(
+        "busy",
+        "cpu_ms = 50",
+        "export default { fetch() { let x = 0; for (let i = 0; i < 100000; i++) x = (x * 31 + i) | 0; \
+         return new Response(String(x)); } };",
+    );
+    let tern = Tern::dev(&[p.path()]);
+    let client = support::http1();
+    let clients = (0..8).map(|_| async {
+        let mut answers = Vec::new();
+        for _ in 0..40 {
+            let a = support::send(&client, tern.request("GET", "busy.localhost", "/").body(support::empty()).unwrap())
+                .await;
+            answers.push((a.status, a.header("tern-error").map(str::to_string)));
+        }
+        answers
+    });
+    let answers: Vec<_> = futures::future::join_all(clients).await.into_iter().flatten().collect();
+    let failed: Vec<_> = answers.iter().filter(|(status, _)| *status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(!tern.log_events().iter().any(|e| e["target"] == "tern::kill"), "no request was killed");
+}
+
+#[tokio::test]
 async fn a_cpu_kill_answers_503_records_why_and_the_next_request_gets_a_fresh_isolate() {
     let p = with_limits(
         "spinner",

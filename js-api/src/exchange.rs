@@ -200,11 +200,19 @@ pub struct FunctionIdentity {
     pub version: String,
 }
 
+/// Called each time the isolate's JS takes a request: the CPU meter lets the stretch of JS
+/// now running go on for that request's allowance too (one poll of the event loop may take
+/// and answer a whole queue of requests).
+pub struct OnTaken(pub Box<dyn Fn()>);
+
 /// Exchanges taken by the isolate and not yet finished, with the CPU time charged to each.
 #[derive(Default)]
 pub struct InFlight {
     next_id: u32,
     entries: HashMap<u32, Entry>,
+    /// Requests in flight at some moment since the last [`Self::charge`]: those left over
+    /// from it and those taken since, finished or not.
+    touched: usize,
 }
 
 struct Entry {
@@ -238,6 +246,7 @@ impl InFlight {
             stream: None,
         };
         self.entries.insert(self.next_id, entry);
+        self.touched += 1;
         self.next_id
     }
 
@@ -275,14 +284,18 @@ impl InFlight {
         self.entries.values().map(|e| e.cpu).max().unwrap_or_default()
     }
 
-    /// Charges `cpu` to every request in flight, in equal parts.
-    pub fn charge(&mut self, cpu: std::time::Duration) {
-        let n = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+    /// Charges `cpu`, used since the last charge, in equal parts to every request in flight at
+    /// some moment of that time: the shares of those that have finished since go nowhere.
+    /// False when no request was in flight at all (the CPU is background work).
+    pub fn charge(&mut self, cpu: std::time::Duration) -> bool {
+        let n = u32::try_from(self.touched).unwrap_or(u32::MAX);
+        self.touched = self.entries.len();
         if n == 0 {
-            return;
+            return false;
         }
         let share = cpu / n;
         self.entries.values_mut().for_each(|e| e.cpu += share);
+        true
     }
 
     /// The requests in flight.
@@ -385,6 +398,9 @@ pub async fn op_tern_next_request(
         has_body.then_some(body),
         exchange.reply,
     );
+    if let Some(taken) = state.borrow().try_borrow::<OnTaken>() {
+        (taken.0)();
+    }
     Some((id, parts.method.to_string(), exchange.url, headers, has_body, cf))
 }
 
@@ -563,5 +579,58 @@ pub fn op_tern_fail(state: &mut OpState, id: u32, #[string] kind: &str, #[string
         let _ = reply.send(Reply::Failed(failure));
     } else if let Some(stream) = entry.stream.take() {
         let _ = stream.try_send(Err(StreamAborted(failure.detail)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn take(f: &mut InFlight, n: u64) -> u32 {
+        f.insert((RequestId(n), 0), None, oneshot::channel().0)
+    }
+
+    fn charged(f: &InFlight) -> Vec<Duration> {
+        let mut c: Vec<_> = f.entries.values().map(|e| e.cpu).collect();
+        c.sort();
+        c
+    }
+
+    #[test]
+    fn bug_cpu_of_requests_finished_within_a_stretch_went_to_those_left() {
+        // One stretch takes and answers three requests and takes a fourth: the fourth is
+        // charged a quarter of the stretch, not all of it.
+        let mut f = InFlight::default();
+        for n in 0..3 {
+            let id = take(&mut f, n);
+            f.entries.remove(&id);
+        }
+        take(&mut f, 3);
+        assert!(f.charge(8 * MS));
+        assert_eq!(charged(&f), [2 * MS]);
+    }
+
+    #[test]
+    fn a_stretch_with_no_request_in_flight_is_background() {
+        let mut f = InFlight::default();
+        assert!(!f.charge(5 * MS));
+        let id = take(&mut f, 0);
+        f.entries.remove(&id);
+        assert!(f.charge(5 * MS), "a request answered within the stretch was in flight");
+        assert!(!f.charge(5 * MS), "after it, nothing was");
+    }
+
+    #[test]
+    fn requests_left_in_flight_share_later_stretches() {
+        let mut f = InFlight::default();
+        take(&mut f, 0);
+        take(&mut f, 1);
+        assert!(f.charge(4 * MS));
+        assert!(f.charge(4 * MS));
+        assert_eq!(charged(&f), [4 * MS, 4 * MS]);
     }
 }

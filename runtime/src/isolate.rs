@@ -19,7 +19,7 @@ use deno_core::error::CoreErrorKind;
 use deno_core::{JsRuntime, PollEventLoopOptions, RuntimeOptions, v8};
 use tern_js_api::egress::Egress;
 use tern_js_api::exchange::{
-    Exchange, Failure, FailureKind, FunctionIdentity, HeapExhausted, InFlight, Inbox, Reply, RequestId,
+    Exchange, Failure, FailureKind, FunctionIdentity, HeapExhausted, InFlight, Inbox, OnTaken, Reply, RequestId,
     SubrequestLimit, is_out_of_memory,
 };
 use tern_js_api::{FunctionEnv, ModuleBytes, ServeEntry};
@@ -329,6 +329,9 @@ impl Function<'_> {
         let mut background = Duration::ZERO;
         let mut background_since = Instant::now();
         let mut since_sample = Duration::ZERO;
+        let taken = self.tripwire.clone();
+        let limit = self.limits.cpu_per_request;
+        js.op_state().borrow_mut().put(OnTaken(Box::new(move || taken.extend(limit))));
         let result = std::future::poll_fn(|cx| {
             let (in_flight, max_charged) = {
                 let state = js.op_state();
@@ -350,10 +353,8 @@ impl Function<'_> {
                 let state = js.op_state();
                 let mut state = state.borrow_mut();
                 let f = state.borrow_mut::<InFlight>();
-                if f.is_empty() {
+                if !f.charge(used) {
                     background += used;
-                } else {
-                    f.charge(used);
                 }
                 f.forget_abandoned();
                 if state.has::<HeapExhausted>() {

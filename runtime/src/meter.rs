@@ -4,11 +4,13 @@
 //! An isolate owns its OS thread, so the thread's CPU clock is the isolate's CPU time (a
 //! request awaiting a slow upstream uses none). The isolate thread reads the clock around
 //! every stretch of JS it runs (a poll of the event loop, module evaluation) and charges the
-//! difference to the requests in flight, in equal parts; JS that runs while no request is
-//! in flight (timers after the response) is charged to a background account that renews
-//! every second. Before each stretch it publishes, in a [`Tripwire`], the CPU clock reading
-//! at which the stretch breaches; the [`crate::watchdog`] compares that with the clock from
-//! its own thread and terminates JS that runs past it, even JS that never yields.
+//! difference, in equal parts, to the requests in flight at some moment of the stretch (one
+//! poll may take and answer a whole queue of requests); JS that runs while no request is in
+//! flight (timers after the response) is charged to a background account that renews every
+//! second. Before each stretch it publishes, in a [`Tripwire`], the CPU clock reading at
+//! which the stretch breaches, pushed back by a request's allowance each time the JS takes
+//! a request; the [`crate::watchdog`] compares that with the clock from its own thread and
+//! terminates JS that runs past it, even JS that never yields.
 //!
 //! [`Allowance`] is the pure part: no clock, no engine.
 
@@ -106,6 +108,15 @@ impl Tripwire {
         let deadline = (now + allowance).as_nanos().min(u64::MAX as u128) as u64;
         self.armed_for.store(limit as u8, Ordering::Relaxed);
         self.deadline_ns.store(deadline.max(1), Ordering::Release);
+    }
+
+    /// The JS now running may use `more` CPU time than it was armed with (a request it took
+    /// brought its own allowance). Nothing if no JS runs.
+    pub fn extend(&self, more: Duration) {
+        let more = more.as_nanos().min(u64::MAX as u128) as u64;
+        let _ = self.deadline_ns.fetch_update(Ordering::AcqRel, Ordering::Acquire, |deadline| {
+            (deadline != 0).then(|| deadline.saturating_add(more))
+        });
     }
 
     /// JS stopped running.
