@@ -27,16 +27,10 @@ use tern_proto::{Bundle, Limits, ModulePath};
 use tokio::sync::mpsc;
 
 use crate::loader::{BundleModuleLoader, display_specifier};
-use crate::memory::MemoryMeter;
+use crate::memory::{HeapSampling, MemoryMeter};
 use crate::meter::{Allowance, BACKGROUND_PERIOD, Breach, Tripwire};
 use crate::stats::RuntimeStats;
 use crate::watchdog;
-
-/// The engine heap is sampled (an O(heap) walk on this engine) after a stretch of JS that
-/// used at least this much CPU, and otherwise once the isolate has used
-/// [`HEAP_SAMPLE_EVERY`] of CPU since the last sample: a heap only grows by running JS.
-const HEAP_SAMPLE_AFTER: Duration = Duration::from_millis(1);
-const HEAP_SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
 struct BundleFiles(Arc<Bundle>);
 
@@ -328,7 +322,7 @@ impl Function<'_> {
         let allowance = Allowance { limit: self.limits.cpu_per_request };
         let mut background = Duration::ZERO;
         let mut background_since = Instant::now();
-        let mut since_sample = Duration::ZERO;
+        let mut sampling = HeapSampling::default();
         let taken = self.tripwire.clone();
         let limit = self.limits.cpu_per_request;
         js.op_state().borrow_mut().put(OnTaken(Box::new(move || taken.extend(limit))));
@@ -361,10 +355,11 @@ impl Function<'_> {
                     self.tripwire.trip(Breach::Memory);
                 }
             }
-            since_sample += used;
-            if used >= HEAP_SAMPLE_AFTER || since_sample >= HEAP_SAMPLE_EVERY {
-                since_sample = Duration::ZERO;
-                if self.sample_heap(js) > self.memory.limit() {
+            if sampling.after_stretch(used) {
+                let start = clock.now();
+                let heap = self.sample_heap(js);
+                sampling.sampled(clock.now().saturating_sub(start));
+                if heap > self.memory.limit() {
                     self.tripwire.trip(Breach::Memory);
                 }
             }
