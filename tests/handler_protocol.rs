@@ -39,6 +39,30 @@ async fn module_form_gets_request_env_and_ctx() {
 }
 
 #[tokio::test]
+async fn response_headers_cross_as_byte_strings_in_order_and_repeated() {
+    // Headers values are ByteStrings: U+00E9 goes out as the single byte 0xE9, as in Workers.
+    let p = Project::new(
+        "heads",
+        &[(
+            "index.js",
+            r#"export default { fetch() {
+                const h = new Headers({ "x-latin": "caf\u00e9", "x-colon": "a:b: c" });
+                h.append("set-cookie", "a=1");
+                h.append("set-cookie", "b=2");
+                return new Response("ok", { headers: h });
+            } };"#,
+        )],
+    );
+    let tern = Tern::dev(&[p.path()]);
+    let a = get(&tern, "heads.localhost", "/").await;
+    assert_eq!((a.status, a.text.as_str()), (200, "ok"));
+    assert_eq!(a.headers.get("x-latin").map(|v| v.as_bytes()), Some(&b"caf\xe9"[..]));
+    assert_eq!(a.header("x-colon"), Some("a:b: c"));
+    let cookies: Vec<_> = a.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+}
+
+#[tokio::test]
 async fn service_worker_form_answers_through_respond_with() {
     let p = Project::new(
         "sw",

@@ -140,6 +140,19 @@ export function installHandlerProtocol({ streams, request, response, body, repor
     throw new TypeError(`response body chunks must be Uint8Array or ArrayBuffer, got ${describe(chunk)}`);
   }
 
+  /**
+   * The header list as the respond ops take it: one "name:value" line per header (names
+   * hold no colon and neither holds a line break: Headers refuses them).
+   */
+  function headerLines(list) {
+    let lines = "";
+    for (let i = 0; i < list.length; i++) {
+      const pair = list[i];
+      lines += i === 0 ? pair[0] + ":" + pair[1] : "\n" + pair[0] + ":" + pair[1];
+    }
+    return lines;
+  }
+
   /** Sends `res`; returns a promise only while a streamed body is still being written. */
   function sendResponse(id, res) {
     if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, res)) {
@@ -152,7 +165,7 @@ export function installHandlerProtocol({ streams, request, response, body, repor
       return;
     }
     const status = inner.status;
-    const headerList = inner.headerList;
+    const headerList = headerLines(inner.headerList);
     const innerBody = inner.body;
     // The respond ops refuse what HTTP cannot carry (say, a control character in a header
     // value, which the Fetch spec allows): that is the function's invalid response.

@@ -73,9 +73,10 @@ function parseHead(text) {
       continue;
     }
     if (lower === "location") location = true;
-    ArrayPrototypePush(headers, [name, value]);
+    ArrayPrototypePush(headers, `${name}:${value}`);
   }
-  return [status || (location ? 302 : 200), headers];
+  // As the respond ops take them: one "name:value" line per header.
+  return [status || (location ? 302 : 200), ArrayPrototypeJoin(headers, "\n")];
 }
 
 /** Standard output of one run: the CGI head, then the body streamed to the client. */

@@ -331,22 +331,29 @@ fn unknown(id: u32) -> JsErrorBox {
 }
 
 /// Sends the response head; returns the body sender when the body is streamed.
-fn respond(
-    state: &mut OpState,
-    id: u32,
-    status: u16,
-    headers: Vec<(ByteString, ByteString)>,
-    body: ResponseBodyInit,
-) -> Result<(), JsErrorBox> {
+/// The bytes of a header value the glue sent as text: a ByteString, each character one byte
+/// (Latin-1). None if a character does not fit in a byte.
+fn byte_string(text: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
+    if text.is_ascii() {
+        return Some(text.as_bytes().into());
+    }
+    text.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect::<Option<Vec<u8>>>().map(Into::into)
+}
+
+/// `headers` as the handler glue sends them: one `name:value` line per header (one string
+/// crosses into Rust instead of two per header: each string crossing costs several copies on
+/// this engine). Names hold no colon and neither holds a line break: `Headers` and the CGI
+/// parser refuse those.
+fn respond(state: &mut OpState, id: u32, status: u16, headers: &str, body: ResponseBodyInit) -> Result<(), JsErrorBox> {
     // Build everything that can fail before taking the reply slot, so a bad header leaves
     // the exchange answerable (as `invalid_response`) instead of dropping it.
     let mut head =
         http::Response::builder().status(status).body(()).map_err(|e| invalid(format!("status {status}: {e}")))?;
-    for (name, value) in headers {
-        let header = http::HeaderName::from_bytes(&name).map_err(|_| {
-            invalid(format!("header name {:?} cannot be sent over HTTP", String::from_utf8_lossy(&name)))
-        })?;
-        let value = http::HeaderValue::from_bytes(&value).map_err(|_| {
+    for line in headers.split('\n').filter(|line| !line.is_empty()) {
+        let (name, value) = line.split_once(':').ok_or_else(|| invalid(format!("header line {line:?} has no name")))?;
+        let header = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| invalid(format!("header name {name:?} cannot be sent over HTTP")))?;
+        let value = byte_string(value).and_then(|v| http::HeaderValue::from_bytes(&v).ok()).ok_or_else(|| {
             invalid(format!("the value of header {:?} cannot be sent over HTTP (control characters)", header.as_str()))
         })?;
         head.headers_mut().append(header, value);
@@ -455,7 +462,7 @@ pub fn op_tern_respond(
     state: &mut OpState,
     id: u32,
     status: u16,
-    #[scoped] headers: Vec<(ByteString, ByteString)>,
+    #[string] headers: &str,
     body: Option<Uint8Array>,
 ) -> Result<(), JsErrorBox> {
     let bytes = body.map(|b| Bytes::from(Vec::from(b.0)));
@@ -463,24 +470,24 @@ pub fn op_tern_respond(
 }
 
 /// Answers with a text body.
-#[op2]
+#[op2(fast)]
 pub fn op_tern_respond_text(
     state: &mut OpState,
     id: u32,
     status: u16,
-    #[scoped] headers: Vec<(ByteString, ByteString)>,
+    #[string] headers: &str,
     #[string] body: String,
 ) -> Result<(), JsErrorBox> {
     respond(state, id, status, headers, ResponseBodyInit::Full(Some(Bytes::from(body))))
 }
 
 /// Sends the head of a response whose body follows through `op_tern_body_write`.
-#[op2]
+#[op2(fast)]
 pub fn op_tern_respond_stream(
     state: &mut OpState,
     id: u32,
     status: u16,
-    #[scoped] headers: Vec<(ByteString, ByteString)>,
+    #[string] headers: &str,
 ) -> Result<(), JsErrorBox> {
     respond(state, id, status, headers, ResponseBodyInit::Stream)
 }
@@ -612,6 +619,13 @@ mod tests {
         take(&mut f, 3);
         assert!(f.charge(8 * MS));
         assert_eq!(charged(&f), [2 * MS]);
+    }
+
+    #[test]
+    fn header_values_cross_as_byte_strings() {
+        assert_eq!(byte_string("plain").as_deref(), Some(&b"plain"[..]));
+        assert_eq!(byte_string("caf\u{e9}").as_deref(), Some(&b"caf\xe9"[..]), "one byte per character");
+        assert_eq!(byte_string("\u{20ac}"), None, "not a byte");
     }
 
     #[test]
