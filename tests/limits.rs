@@ -64,6 +64,38 @@ async fn bug_concurrent_requests_were_charged_for_each_others_cpu_and_killed() {
 }
 
 #[tokio::test]
+async fn bug_a_proxy_making_one_fetch_per_request_hit_the_subrequest_limit_under_load() {
+    // Each request makes one outbound fetch (refused by the egress policy, which still
+    // counts) and stays in flight a little longer. Every fetch used to be charged to every
+    // request in flight: with 64 connections a proxy's requests failed "Too many subrequests".
+    let p = with_limits(
+        "proxyish",
+        "subrequests = 50",
+        r#"export default { async fetch() {
+            try { await fetch("http://10.0.0.1/"); } catch (e) {
+              if (String(e).includes("Too many subrequests")) return new Response(String(e), { status: 429 });
+            }
+            await new Promise((r) => setTimeout(r, 20));
+            return new Response("ok");
+          } };"#,
+    );
+    let tern = Tern::dev(&[p.path()]);
+    let client = support::http1();
+    let clients = (0..64).map(|_| async {
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            let req = tern.request("GET", "proxyish.localhost", "/").body(support::empty()).unwrap();
+            let a = support::send(&client, req).await;
+            answers.push((a.status, a.text));
+        }
+        answers
+    });
+    let answers: Vec<_> = futures::future::join_all(clients).await.into_iter().flatten().collect();
+    let failed: Vec<_> = answers.iter().filter(|(status, _)| *status != 200).collect();
+    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), answers.len(), failed.first());
+}
+
+#[tokio::test]
 async fn a_cpu_kill_answers_503_records_why_and_the_next_request_gets_a_fresh_isolate() {
     let p = with_limits(
         "spinner",

@@ -265,17 +265,31 @@ impl InFlight {
         self.entries.values().map(|e| e.hops).max().unwrap_or(0) + 1
     }
 
-    /// Charges an outbound fetch made now to every request in flight (without per-request
-    /// async context, a fetch cannot be told apart between concurrent requests: each is
-    /// charged, so none gets more than its limit). Refused past `limit`.
+    /// Charges an outbound fetch made now to the request in flight that has made the fewest.
+    /// Without per-request async context a fetch cannot be told apart between concurrent
+    /// requests; charged this way, the isolate's requests together make at most `limit` each,
+    /// and none is refused while another still has room (charging every request in flight
+    /// for each fetch refused a proxy's one fetch per request once 50 were in flight).
+    /// Refused once every request in flight has made `limit`.
     pub fn count_subrequest(&mut self, limit: u32) -> Result<(), String> {
-        if self.entries.values().any(|e| e.subrequests >= limit) {
-            return Err(format!(
-                "{SUBREQUEST_LIMIT_MESSAGE}: this request already made {limit} outbound fetches, its limit \
-                 (limits.subrequests)"
-            ));
+        let Some(least) = self.entries.values_mut().min_by_key(|e| e.subrequests) else {
+            return Ok(());
+        };
+        if least.subrequests >= limit {
+            return Err(if self.entries.len() == 1 {
+                format!(
+                    "{SUBREQUEST_LIMIT_MESSAGE}: this request already made {limit} outbound fetches, its limit \
+                     (limits.subrequests)"
+                )
+            } else {
+                format!(
+                    "{SUBREQUEST_LIMIT_MESSAGE}: the {} requests in flight in this isolate already made {limit} \
+                     outbound fetches each, their limit (limits.subrequests)",
+                    self.entries.len()
+                )
+            });
         }
-        self.entries.values_mut().for_each(|e| e.subrequests += 1);
+        least.subrequests += 1;
         Ok(())
     }
 
@@ -619,6 +633,35 @@ mod tests {
         take(&mut f, 3);
         assert!(f.charge(8 * MS));
         assert_eq!(charged(&f), [2 * MS]);
+    }
+
+    #[test]
+    fn bug_one_fetch_per_request_was_refused_with_fifty_requests_in_flight() {
+        let mut f = InFlight::default();
+        for n in 0..64 {
+            take(&mut f, n);
+        }
+        for _ in 0..64 {
+            f.count_subrequest(50).expect("one fetch per request is far below the limit");
+        }
+        assert!(f.entries.values().all(|e| e.subrequests == 1));
+    }
+
+    #[test]
+    fn subrequests_are_refused_once_every_request_in_flight_made_its_limit() {
+        let mut f = InFlight::default();
+        take(&mut f, 0);
+        for _ in 0..3 {
+            f.count_subrequest(3).unwrap();
+        }
+        let e = f.count_subrequest(3).unwrap_err();
+        assert!(e.starts_with(SUBREQUEST_LIMIT_MESSAGE) && e.contains("this request already made 3"), "{e}");
+        take(&mut f, 1);
+        f.count_subrequest(3).expect("the new request has room");
+        f.count_subrequest(3).unwrap();
+        f.count_subrequest(3).unwrap();
+        let e = f.count_subrequest(3).unwrap_err();
+        assert!(e.contains("the 2 requests in flight"), "{e}");
     }
 
     #[test]
