@@ -15,6 +15,23 @@ fn with_limits(name: &str, limits: &str, code: &str) -> Project {
     )
 }
 
+/// `clients` concurrent clients, each sending `each` GETs to `host` one after another: the
+/// answers that were not 200, as (status, tern-error, body).
+async fn failures_under_load(tern: &Tern, host: &str, clients: usize, each: usize) -> Vec<(u16, String, String)> {
+    let client = support::http1();
+    let clients = (0..clients).map(|_| async {
+        let mut failed = Vec::new();
+        for _ in 0..each {
+            let a = support::send(&client, tern.request("GET", host, "/").body(support::empty()).unwrap()).await;
+            if a.status != 200 {
+                failed.push((a.status, a.header("tern-error").unwrap_or_default().to_string(), a.text));
+            }
+        }
+        failed
+    });
+    futures::future::join_all(clients).await.into_iter().flatten().collect()
+}
+
 #[tokio::test]
 async fn waiting_for_a_slow_promise_is_not_charged_as_cpu_time() {
     // 10 ms of CPU allowed, 300 ms of waiting: CPU is measured as CPU, not wall time.
@@ -41,25 +58,8 @@ async fn bug_concurrent_requests_were_charged_for_each_others_cpu_and_killed() {
          return new Response(String(x)); } };",
     );
     let tern = Tern::dev(&[p.path()]);
-    let client = support::http1();
-    let clients = (0..8).map(|_| async {
-        let mut answers = Vec::new();
-        for _ in 0..40 {
-            let a = support::send(&client, tern.request("GET", "busy.localhost", "/").body(support::empty()).unwrap())
-                .await;
-            answers.push((a.status, a.header("tern-error").map(str::to_string)));
-        }
-        answers
-    });
-    let answers: Vec<_> = futures::future::join_all(clients).await.into_iter().flatten().collect();
-    let failed: Vec<_> = answers.iter().filter(|(status, _)| *status != 200).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        answers.len(),
-        &failed[..failed.len().min(5)]
-    );
+    let failed = failures_under_load(&tern, "busy.localhost", 8, 40).await;
+    assert!(failed.is_empty(), "{} of 320 requests failed: {:?}", failed.len(), failed.first());
     assert!(!tern.log_events().iter().any(|e| e["target"] == "tern::kill"), "no request was killed");
 }
 
@@ -80,19 +80,8 @@ async fn bug_a_proxy_making_one_fetch_per_request_hit_the_subrequest_limit_under
           } };"#,
     );
     let tern = Tern::dev(&[p.path()]);
-    let client = support::http1();
-    let clients = (0..64).map(|_| async {
-        let mut answers = Vec::new();
-        for _ in 0..3 {
-            let req = tern.request("GET", "proxyish.localhost", "/").body(support::empty()).unwrap();
-            let a = support::send(&client, req).await;
-            answers.push((a.status, a.text));
-        }
-        answers
-    });
-    let answers: Vec<_> = futures::future::join_all(clients).await.into_iter().flatten().collect();
-    let failed: Vec<_> = answers.iter().filter(|(status, _)| *status != 200).collect();
-    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), answers.len(), failed.first());
+    let failed = failures_under_load(&tern, "proxyish.localhost", 64, 3).await;
+    assert!(failed.is_empty(), "{} of 192 requests failed: {:?}", failed.len(), failed.first());
 }
 
 #[tokio::test]
