@@ -73,6 +73,28 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Why a specifier with a URL scheme (`node:fs`, `https://…`, `ext:core/ops`) cannot be
+/// imported; None for bare package names and paths, which never hold a scheme (npm package
+/// names have no colon).
+fn refused_scheme(specifier: &str) -> Option<&'static str> {
+    let (scheme, _) = specifier.split_once(':')?;
+    let is_scheme = scheme.len() > 1
+        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !is_scheme {
+        return None;
+    }
+    Some(match scheme {
+        "node" => "Node.js built-in modules are not available in Tern functions",
+        "cloudflare" => "Cloudflare's runtime modules (cloudflare:*) are not provided by Tern",
+        "npm" | "jsr" => {
+            "npm: and jsr: specifiers are not resolved: install the package with npm and import it by name"
+        }
+        "ext" => "the runtime's internal modules cannot be imported",
+        _ => "only the function's own files and its npm packages can be imported",
+    })
+}
+
 impl ModuleLoader for BundleModuleLoader {
     fn resolve(&self, specifier: &str, referrer: &str, _kind: ResolutionKind) -> ModuleResolveResponse {
         let is_path = specifier.starts_with("./") || specifier.starts_with("../") || specifier.starts_with('/');
@@ -80,15 +102,8 @@ impl ModuleLoader for BundleModuleLoader {
             return deno_core::resolve_import(specifier, referrer).map_err(JsErrorBox::from_err);
         }
         let from = display_specifier(referrer);
-        if specifier.starts_with("node:") {
-            return Err(JsErrorBox::type_error(format!(
-                "cannot import {specifier:?} from {from}: Node.js built-in modules are not available in Tern functions"
-            )));
-        }
-        if specifier.contains("://") || specifier.starts_with("data:") {
-            return Err(JsErrorBox::type_error(format!(
-                "cannot import {specifier:?} from {from}: only the function's own files and its npm packages can be imported"
-            )));
+        if let Some(why) = refused_scheme(specifier) {
+            return Err(JsErrorBox::type_error(format!("cannot import {specifier:?} from {from}: {why}")));
         }
         let lookup = |path: &str| {
             let path = ModulePath::new(path).ok()?;
@@ -230,6 +245,23 @@ mod tests {
         let e = loader.resolve("node:fs", "file:///src/index.js", ResolutionKind::Import).unwrap_err();
         assert!(e.to_string().contains("built-in"), "{e}");
         assert!(loader.resolve("https://x.test/a.js", "file:///src/index.js", ResolutionKind::Import).is_err());
+    }
+
+    #[test]
+    fn bug_importing_a_runtime_module_said_to_npm_install_it() {
+        // `ext:core/ops` was looked up as an npm package named "ext:core".
+        let loader = BundleModuleLoader::new(bundle());
+        for (specifier, says) in [
+            ("ext:core/ops", "internal"),
+            ("cloudflare:workers", "not provided by Tern"),
+            ("npm:hono", "import it by name"),
+            ("data:text/javascript,1", "own files"),
+        ] {
+            let e = loader.resolve(specifier, "file:///src/index.js", ResolutionKind::Import).unwrap_err().to_string();
+            assert!(e.contains(says) && !e.contains("npm install"), "{specifier}: {e}");
+        }
+        assert_eq!(refused_scheme("@scope/pkg"), None);
+        assert_eq!(refused_scheme("hono/jsx"), None);
     }
 
     #[test]
