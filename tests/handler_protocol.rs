@@ -102,6 +102,105 @@ async fn wait_until_work_runs_after_the_response_is_sent() {
 }
 
 #[tokio::test]
+async fn cloudflare_workers_env_and_wait_until_are_importable_anywhere() {
+    // `import { env } from "cloudflare:workers"` works at a module's top level, in any module,
+    // and is the very object the handler receives.
+    let p = Project::with_manifest(
+        "name = \"cfenv\"\nmain = \"index.js\"\n[vars]\nGREETING = \"hi\"\n",
+        &[
+            ("config.js", r#"import { env } from "cloudflare:workers"; export const atTop = env.GREETING;"#),
+            (
+                "index.js",
+                r#"import { env, waitUntil } from "cloudflare:workers";
+                import { atTop } from "./config.js";
+                let background = 0;
+                export default {
+                    async fetch(request, handlerEnv) {
+                        if (new URL(request.url).pathname === "/later") return new Response(String(background));
+                        waitUntil(new Promise((r) => setTimeout(r, 20)).then(() => { background++; console.log("imported waitUntil ran"); }));
+                        const dynamic = await import("cloudflare:workers");
+                        return Response.json({ atTop, same: env === handlerEnv, dynamic: dynamic.env === env, env });
+                    },
+                };"#,
+            ),
+        ],
+    );
+    let tern = Tern::dev(&[p.path()]);
+    let a = get(&tern, "cfenv.localhost", "/").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(
+        a.json(),
+        serde_json::json!({ "atTop": "hi", "same": true, "dynamic": true, "env": { "GREETING": "hi" } })
+    );
+    assert!(tern.wait_for_output("imported waitUntil ran").await, "{}", tern.output());
+    assert_eq!(get(&tern, "cfenv.localhost", "/later").await.text, "1");
+}
+
+#[tokio::test]
+async fn a_worker_entrypoint_class_is_served_one_instance_per_request() {
+    // Beside it the module declares a Durable Object class: it loads, though Tern runs none.
+    let p = Project::with_manifest(
+        "name = \"entry\"\nmain = \"index.js\"\n[vars]\nGREETING = \"hi\"\n",
+        &[(
+            "index.js",
+            r#"import { WorkerEntrypoint, DurableObject } from "cloudflare:workers";
+            export class Counter extends DurableObject {}
+            export default class Api extends WorkerEntrypoint {
+                calls = 0;
+                async fetch(request) {
+                    this.calls++;
+                    return Response.json({
+                        path: new URL(request.url).pathname, calls: this.calls,
+                        greeting: this.env.GREETING, waitUntil: typeof this.ctx.waitUntil,
+                    });
+                }
+            }"#,
+        )],
+    );
+    let tern = Tern::dev(&[p.path()]);
+    for path in ["/a", "/b"] {
+        let a = get(&tern, "entry.localhost", path).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(
+            a.json(),
+            serde_json::json!({ "path": path, "calls": 1, "greeting": "hi", "waitUntil": "function" })
+        );
+    }
+}
+
+#[tokio::test]
+async fn default_exports_that_tern_cannot_serve_say_what_to_export() {
+    let f = |name: &str, code: &str| Project::new(name, &[("index.js", code)]);
+    let projects = [
+        f(
+            "durable",
+            r#"import { DurableObject } from "cloudflare:workers"; export default class extends DurableObject {}"#,
+        ),
+        f(
+            "no-fetch",
+            r#"import { WorkerEntrypoint } from "cloudflare:workers"; export default class Quiet extends WorkerEntrypoint {}"#,
+        ),
+        f("bare-function", r#"export default function (request) { return new Response("x"); }"#),
+        f(
+            "sockets",
+            r#"import { connect } from "cloudflare:sockets"; export default { fetch: () => new Response("x") };"#,
+        ),
+    ];
+    let paths: Vec<_> = projects.iter().map(|p| p.path()).collect();
+    let tern = Tern::dev(&paths);
+    for (name, detail) in [
+        ("durable", "extends DurableObject, which Tern does not run"),
+        ("no-fetch", "class Quiet extends WorkerEntrypoint) has no fetch() method"),
+        ("bare-function", "export a class extending WorkerEntrypoint"),
+        ("sockets", "provides only \"cloudflare:workers\""),
+    ] {
+        let a = get(&tern, &format!("{name}.localhost"), "/").await;
+        assert_eq!((a.status, a.header("tern-error")), (500, Some("load_failed")), "{name}: {}", a.text);
+        assert!(a.text.contains(detail), "{name}: body lacks {detail:?}: {}", a.text);
+    }
+}
+
+#[tokio::test]
 async fn modules_import_js_json_text_and_wasm_from_the_project() {
     // (module (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add))
     let wasm: &[u8] = &[

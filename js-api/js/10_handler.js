@@ -3,7 +3,7 @@
 // (`export default { fetch(request, env, ctx) }` or a service-worker "fetch" listener) and
 // sends the Response back, streaming its body chunk by chunk. Failures become a tern-error
 // answer from the host; a function's failure never ends the serve loop.
-import { primordials } from "ext:core/mod.js";
+import { core, internals, primordials } from "ext:core/mod.js";
 import {
   op_tern_body_close,
   op_tern_body_read,
@@ -89,6 +89,19 @@ export function installHandlerProtocol({ streams, request, response, body, repor
     },
     passThroughOnException() {},
   };
+  const waitUntil = ctxPrototype.waitUntil;
+
+  // The function's env, parsed once: the same object for every handler call and for
+  // `import { env } from "cloudflare:workers"`, whichever asks first.
+  let env = null;
+  function functionEnv() {
+    if (env === null) env = JSONParse(op_tern_env());
+    return env;
+  }
+  // What `cloudflare:workers` (30_cloudflare_workers.js, a lazily loaded script) shares.
+  internals.ternWorkers = { functionEnv, waitUntil };
+  const CLOUDFLARE_WORKERS = "ext:tern_api/30_cloudflare_workers.js";
+
   function makeCtx() {
     const ctx = ObjectCreate(ctxPrototype);
     ctx.props = {};
@@ -258,6 +271,35 @@ export function installHandlerProtocol({ streams, request, response, body, repor
     return (req, ctx) => mod.fetch(req, env, ctx);
   }
 
+  /**
+   * A default export that is a class: Workers serves one extending `WorkerEntrypoint` with
+   * a new instance per request. Anything else is refused, saying what would be served.
+   */
+  function entrypointHandler(Entrypoint, env) {
+    const workers = core.loadExtScript(CLOUDFLARE_WORKERS);
+    const proto = Entrypoint.prototype;
+    if (ObjectPrototypeIsPrototypeOf(workers.WorkerEntrypoint.prototype, proto)) {
+      if (typeof proto.fetch !== "function") {
+        throw new TypeError(
+          `the default export (class ${Entrypoint.name || "anonymous"} extends WorkerEntrypoint) has no fetch() method`,
+        );
+      }
+      return (req, ctx) => new Entrypoint(ctx, env).fetch(req);
+    }
+    for (const other of ["DurableObject", "WorkflowEntrypoint"]) {
+      if (ObjectPrototypeIsPrototypeOf(workers[other].prototype, proto)) {
+        throw new TypeError(
+          `the default export extends ${other}, which Tern does not run: ` +
+            "export a class extending WorkerEntrypoint, or an object with a fetch() method",
+        );
+      }
+    }
+    throw new TypeError(
+      `the default export is a function, not a handler: export a class extending WorkerEntrypoint ` +
+        `(from "cloudflare:workers") or an object with a fetch() method`,
+    );
+  }
+
   function serviceWorkerHandler() {
     return async (req, ctx) => {
       const event = new FetchEvent("fetch", { request: req, ctx });
@@ -295,7 +337,7 @@ export function installHandlerProtocol({ streams, request, response, body, repor
    * main module's path when it is a WebAssembly (WASI) program.
    */
   function serve(namespace, wasiMain) {
-    const env = JSON.parse(op_tern_env());
+    const env = functionEnv();
     if (typeof wasiMain === "string") {
       serveWasi(wasiMain, env);
       return;
@@ -306,6 +348,8 @@ export function installHandlerProtocol({ streams, request, response, body, repor
       handler = moduleHandler(mod, env);
     } else if (fetchListeners.length > 0) {
       handler = serviceWorkerHandler();
+    } else if (typeof mod === "function") {
+      handler = entrypointHandler(mod, env);
     } else {
       throw new TypeError(
         "the main module has no handler: write `export default { async fetch(request, env, ctx) { ... } }` " +

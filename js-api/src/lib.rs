@@ -25,6 +25,10 @@ use deno_error::JsErrorBox;
 /// URL prefix under which a function's modules live (`file:///src/index.js`).
 pub const MODULE_ROOT: &str = "file:///";
 
+/// Runtime modules a function may import by name, each served by this extension (its
+/// `synthetic_esm`).
+pub const RUNTIME_MODULES: &[&str] = &["cloudflare:workers"];
+
 /// Script run in a function's isolate before its modules unless the function allows
 /// `eval`: replaces every way to compile code from a string with a thrower.
 pub const REFUSE_CODE_GENERATION: &str = include_str!("../js/refuse_codegen.js");
@@ -126,6 +130,8 @@ deno_core::extension!(
     ],
     esm_entry_point = "ext:tern_api/00_global_scope.js",
     esm = [dir "js", "00_global_scope.js", "10_handler.js", "20_wasi.js"],
+    lazy_loaded_js = [dir "js", "30_cloudflare_workers.js"],
+    synthetic_esm = ["cloudflare:workers" = "ext:tern_api/30_cloudflare_workers.js"],
     options = { policy: egress::EgressPolicy },
     state = |state, options| {
         egress::put_policy(state, &options.policy);

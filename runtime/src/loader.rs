@@ -6,6 +6,8 @@
 //! string, `.bin` as an `ArrayBuffer`, `.wasm` as a compiled `WebAssembly.Module`. JSON
 //! imported `with { type: "json" }` goes through the engine's own JSON modules. Bare
 //! specifiers resolve to npm packages in the bundle's `node_modules` ([`crate::packages`]).
+//! The runtime's own modules ([`RUNTIME_MODULES`], `cloudflare:workers`) resolve to
+//! themselves and deno_core builds them from the extension; other schemes are refused.
 
 use std::sync::Arc;
 
@@ -18,7 +20,7 @@ use tern_proto::{Bundle, ModuleKind, ModulePath};
 
 use crate::{code_cache, packages};
 
-pub use tern_js_api::MODULE_ROOT;
+pub use tern_js_api::{MODULE_ROOT, RUNTIME_MODULES};
 
 /// Loads from the bundle it is bound to. An isolate is booted (with its loader) before it
 /// knows which function it will run, so the bundle is given later, once, by [`Self::bind`];
@@ -86,7 +88,7 @@ fn refused_scheme(specifier: &str) -> Option<&'static str> {
     }
     Some(match scheme {
         "node" => "Node.js built-in modules are not available in Tern functions",
-        "cloudflare" => "Cloudflare's runtime modules (cloudflare:*) are not provided by Tern",
+        "cloudflare" => "of Cloudflare's runtime modules Tern provides only \"cloudflare:workers\"",
         "npm" | "jsr" => {
             "npm: and jsr: specifiers are not resolved: install the package with npm and import it by name"
         }
@@ -100,6 +102,9 @@ impl ModuleLoader for BundleModuleLoader {
         let is_path = specifier.starts_with("./") || specifier.starts_with("../") || specifier.starts_with('/');
         if is_path || specifier.starts_with(MODULE_ROOT) {
             return deno_core::resolve_import(specifier, referrer).map_err(JsErrorBox::from_err);
+        }
+        if RUNTIME_MODULES.contains(&specifier) {
+            return ModuleSpecifier::parse(specifier).map_err(JsErrorBox::from_err);
         }
         let from = display_specifier(referrer);
         if let Some(why) = refused_scheme(specifier) {
@@ -248,12 +253,21 @@ mod tests {
     }
 
     #[test]
+    fn runtime_modules_resolve_to_themselves_from_any_module() {
+        let loader = BundleModuleLoader::new(bundle());
+        for referrer in ["file:///src/index.js", "file:///node_modules/hono/dist/index.js"] {
+            let resolved = loader.resolve("cloudflare:workers", referrer, ResolutionKind::Import).unwrap();
+            assert_eq!(resolved.as_str(), "cloudflare:workers");
+        }
+    }
+
+    #[test]
     fn bug_importing_a_runtime_module_said_to_npm_install_it() {
         // `ext:core/ops` was looked up as an npm package named "ext:core".
         let loader = BundleModuleLoader::new(bundle());
         for (specifier, says) in [
             ("ext:core/ops", "internal"),
-            ("cloudflare:workers", "not provided by Tern"),
+            ("cloudflare:sockets", "provides only \"cloudflare:workers\""),
             ("npm:hono", "import it by name"),
             ("data:text/javascript,1", "own files"),
         ] {
