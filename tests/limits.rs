@@ -114,6 +114,38 @@ async fn a_cpu_kill_answers_503_records_why_and_the_next_request_gets_a_fresh_is
 }
 
 #[tokio::test]
+async fn bug_a_webassembly_memory_grown_from_js_to_the_heap_limit_was_an_uncaught_type_error() {
+    // The engine keeps a JS-made memory's buffer in the JS heap and reported the failed
+    // allocation as `TypeError: not an object`: a caught 200 or an uncaught_exception, never
+    // the memory limit. Going past the memory's own maximum was a TypeError too (the spec
+    // says RangeError).
+    let p = with_limits(
+        "grower",
+        "cpu_ms = 20000",
+        r#"export default { fetch(req) {
+            const big = new URL(req.url).searchParams.has("big");
+            const memory = new WebAssembly.Memory({ initial: 1, maximum: big ? 65536 : 100 });
+            try { for (;;) memory.grow(64); }
+            catch (e) { return new Response(`caught ${e.name}: ${e.message}`); }
+        } };"#,
+    );
+    let tern = Tern::dev(&[p.path()]);
+    let small = get(&tern, "grower.localhost", "/").await;
+    assert_eq!(small.status, 200, "{}", small.text);
+    assert!(small.text.starts_with("caught RangeError:") && small.text.contains("maximum"), "{}", small.text);
+
+    let big = get(&tern, "grower.localhost", "/?big").await;
+    assert_eq!((big.status, big.header("tern-error")), (503, Some("memory_limit_exceeded")), "{}", big.text);
+    assert!(tern.wait_for_output("function killed").await);
+    let events = tern.log_events();
+    let record = events.iter().find(|e| e["target"] == "tern::kill").expect("a kill record");
+    assert_eq!((&record["function"], &record["limit"]), (&"grower".into(), &"memory_limit_exceeded".into()));
+
+    let again = get(&tern, "grower.localhost", "/").await;
+    assert_eq!(again.status, 200, "a fresh isolate serves the next request: {}", again.text);
+}
+
+#[tokio::test]
 async fn code_generation_is_refused_by_default_without_breaking_instanceof() {
     let p = Project::new(
         "strict",

@@ -4,6 +4,7 @@
 import { core, internals, primordials } from "ext:core/mod.js";
 import {
   op_tern_egress_policy,
+  op_tern_heap_exhausted,
   op_tern_log,
   op_tern_module_bytes,
   op_tern_outbound_hops,
@@ -130,13 +131,44 @@ function countingHops(webFetch, Request) {
 // are still the engine's own (`instanceof` holds).
 function limitWebAssemblyMemory(WA) {
   const { Module: EngineModule, Memory: EngineMemory, compile, instantiate } = WA;
-  const { ObjectDefineProperty, PromiseReject, MathMin, ObjectAssign } = primordials;
+  const {
+    FunctionPrototypeCall,
+    MathMin,
+    ObjectAssign,
+    ObjectDefineProperty,
+    ObjectPrototypeIsPrototypeOf,
+    PromiseReject,
+    StringPrototypeIncludes,
+    TypeErrorPrototype,
+  } = primordials;
   const adopt = (Wrapper, Engine, statics) => {
     ObjectDefineProperty(Wrapper, "prototype", { value: Engine.prototype });
     ObjectDefineProperty(Engine.prototype, "constructor", { value: Wrapper, writable: true, configurable: true });
     for (const name of statics) Wrapper[name] = Engine[name];
     return Wrapper;
   };
+  // The engine gives each memory its own `grow`, which throws TypeErrors where the spec
+  // says RangeError, and "not an object" when it could not allocate the grown buffer. A
+  // memory made from JS keeps its buffer in the JS heap, so that is the function's memory
+  // limit: the isolate is tripped for it, as when an ArrayBuffer allocation is refused.
+  const meteredGrow = (engineGrow) =>
+    function grow(delta) {
+      try {
+        return FunctionPrototypeCall(engineGrow, this, delta);
+      } catch (e) {
+        if (!ObjectPrototypeIsPrototypeOf(TypeErrorPrototype, e)) throw e;
+        if (e.message === "not an object") {
+          op_tern_heap_exhausted();
+          throw new RangeError(
+            `WebAssembly.Memory.grow(): growing by ${delta} pages is over the function's memory limit (limits.memory_mib)`,
+          );
+        }
+        if (StringPrototypeIncludes(e.message, "exceeds maximum")) {
+          throw new RangeError(`WebAssembly.Memory.grow(): growing by ${delta} pages exceeds the memory's maximum`);
+        }
+        throw e;
+      }
+    };
   WA.Module = adopt(function Module(bytes) {
     if (new.target === undefined) throw new TypeError("WebAssembly.Module must be called with new");
     return new EngineModule(op_tern_wasm_clamp(bytes));
@@ -149,7 +181,9 @@ function limitWebAssemblyMemory(WA) {
       throw new RangeError(`WebAssembly.Memory of ${wanted.initial} pages is over the function's memory limit (limits.memory_mib)`);
     }
     wanted.maximum = MathMin(wanted.maximum ?? most, most);
-    return new EngineMemory(wanted);
+    const memory = new EngineMemory(wanted);
+    ObjectDefineProperty(memory, "grow", { value: meteredGrow(memory.grow) });
+    return memory;
   }, EngineMemory, []);
   WA.compile = function compile_(bytes) {
     try {

@@ -98,6 +98,19 @@ fn op_tern_wasi_module(state: &mut OpState, #[string] path: &str) -> Result<Vec<
     wasi::prepare_for_reuse(&bytes).map_err(|e| JsErrorBox::new("CompileError", format!("{path}: {e}")))
 }
 
+/// What the host does when a WebAssembly memory cannot grow within its own maximum because
+/// the isolate's heap is at the memory limit: it trips the isolate for
+/// `memory_limit_exceeded`, as when an ArrayBuffer allocation is refused.
+pub struct OnHeapExhausted(pub Box<dyn Fn()>);
+
+/// Called by `WebAssembly.Memory.prototype.grow` when the engine could not allocate.
+#[op2(fast)]
+fn op_tern_heap_exhausted(state: &mut OpState) {
+    if let Some(on) = state.try_borrow::<OnHeapExhausted>() {
+        (on.0)();
+    }
+}
+
 /// Pages a `new WebAssembly.Memory` may have at most.
 #[op2(fast)]
 fn op_tern_wasm_max_pages(state: &mut OpState) -> u32 {
@@ -126,6 +139,7 @@ deno_core::extension!(
         op_tern_egress_policy,
         op_tern_wasm_clamp,
         op_tern_wasm_max_pages,
+        op_tern_heap_exhausted,
         op_tern_wasi_module,
     ],
     esm_entry_point = "ext:tern_api/00_global_scope.js",

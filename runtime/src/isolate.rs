@@ -106,6 +106,8 @@ impl WarmIsolate {
             let mut state = state.borrow_mut();
             state.put(tern_js_api::WasmMemoryCap(shape.memory_limit));
             state.put(tern_js_api::exchange::AllocationRefused(memory.refused_flag()));
+            let meter = memory.clone();
+            state.put(tern_js_api::OnHeapExhausted(Box::new(move || meter.exhausted())));
         }
         watchdog::watch(&tripwire);
         Ok(Self { js, loader, tripwire, memory, egress: egress.clone() })

@@ -59,15 +59,21 @@ impl MemoryMeter {
         self.heap.store(bytes, Ordering::Relaxed);
     }
 
+    /// An allocation was refused at the limit (here, or by the engine for a WebAssembly
+    /// memory): the isolate is tripped for `memory_limit_exceeded`.
+    pub fn exhausted(&self) {
+        self.refused.store(true, Ordering::Relaxed);
+        if let Some(t) = self.tripwire.get() {
+            t.trip(Breach::Memory);
+        }
+    }
+
     fn reserve(&self, len: usize) -> bool {
         let heap = self.heap.load(Ordering::Relaxed);
         let mut current = self.array_buffers.load(Ordering::Relaxed);
         loop {
             if heap.saturating_add(current).saturating_add(len) > self.limit {
-                self.refused.store(true, Ordering::Relaxed);
-                if let Some(t) = self.tripwire.get() {
-                    t.trip(Breach::Memory);
-                }
+                self.exhausted();
                 return false;
             }
             match self.array_buffers.compare_exchange_weak(current, current + len, Ordering::AcqRel, Ordering::Relaxed)
