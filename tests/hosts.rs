@@ -130,3 +130,58 @@ async fn bug_a_replaced_host_is_not_stopped_under_its_requests_across_many_repla
     let replaced = tern.log_events().iter().filter(|e| e["message"] == "replacing isolate host").count();
     assert!(replaced >= 3, "only {replaced} host replacements in 60 requests");
 }
+
+/// Whether process `pid` has ended (gone, or a zombie not yet reaped).
+fn has_ended(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+}
+
+#[tokio::test]
+async fn a_host_with_a_stuck_isolate_is_replaced_and_stopped() {
+    // A microtask chain that forks outgrows termination on this engine: its thread cannot be
+    // stopped (it is quarantined). Only ending its process reclaims it, so the node replaces
+    // that host at once. The old host used to live on until its patience ran out (a minute):
+    // the request the node had given up on at its wall time still counted as in flight there.
+    let p = Project::with_manifest(
+        "name = \"forks\"\nmain = \"index.js\"\n[limits]\nwall_ms = 2000\n",
+        &[(
+            "index.js",
+            r#"export default { fetch(req) {
+                if (new URL(req.url).searchParams.has("fork")) {
+                    const spin = () => { Promise.resolve().then(spin); Promise.resolve().then(spin); };
+                    spin();
+                    return new Promise(() => {});
+                }
+                return new Response("fine");
+            } };"#,
+        )],
+    );
+    let tern = Tern::dev_with(&[p.path()], &["--isolate-hosts", "1"]);
+    let first = host_of(&tern, "forks").await;
+    let stuck = get(&tern, "forks.localhost", "/?fork").await;
+    assert_eq!(stuck.status, 503, "{}", stuck.text);
+    assert!(tern.wait_for_output("isolate stuck after termination").await, "{}", tern.output());
+
+    // The next answer from that host says it holds a stuck isolate; a fresh host takes over.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = get(&tern, "forks.localhost", "/").await;
+        assert_eq!((a.status, a.text.as_str()), (200, "fine"));
+        let replaced = tern.log_events().iter().any(|e| {
+            e["message"] == "replacing isolate host"
+                && e["old"] == first
+                && e["why"].as_str().unwrap().contains("stuck")
+        });
+        if replaced && has_ended(first) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the host with the stuck isolate still runs: {}",
+            tern.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&tern, "forks.localhost", "/").await.text, "fine");
+}

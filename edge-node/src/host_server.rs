@@ -30,6 +30,9 @@ pub const URL_HEADER: &str = "tern-url";
 pub const REQUEST_ID_HEADER: &str = "tern-request-id";
 pub const FAILURE_HEADER: &str = "tern-failure";
 pub const BOOTS_HEADER: &str = "tern-host-boots";
+/// On every response: how many of the host's isolates are stuck (JS that went on after
+/// termination, on a thread that cannot be stopped); the node replaces a host that has one.
+pub const STUCK_HEADER: &str = "tern-host-stuck";
 
 type HostBody = BoxBody<Bytes, StreamAborted>;
 
@@ -68,8 +71,9 @@ fn failure(code: &str, detail: String) -> Response<HostBody> {
 
 async fn handle(state: &HostState, req: Request<Incoming>) -> Response<HostBody> {
     let mut response = route(state, req).await;
-    let boots = state.isolates.stats().boots.get();
-    response.headers_mut().insert(BOOTS_HEADER, http::HeaderValue::from(boots));
+    let stats = state.isolates.stats();
+    response.headers_mut().insert(BOOTS_HEADER, http::HeaderValue::from(stats.boots.get()));
+    response.headers_mut().insert(STUCK_HEADER, http::HeaderValue::from(stats.stuck_isolates.get()));
     response
 }
 

@@ -4,8 +4,9 @@
 //!
 //! Why: the engine leaks about 2 MiB per isolate created and dropped, and a crash in it
 //! would take the node down. So a host that has booted [`HostConfig::recycle_after`]
-//! isolates is replaced: a fresh host takes new requests at once, the old one finishes what
-//! it holds and is stopped. A host that dies costs only the requests inside it (502
+//! isolates, or that holds a stuck isolate (JS that went on after termination, on a thread
+//! only ending the process stops), is replaced: a fresh host takes new requests at once,
+//! the old one finishes what it holds and is stopped. A host that dies costs only the requests inside it (502
 //! `isolate_host_crashed`); the node starts another, and functions on other hosts do not
 //! notice. A function goes to the same host while it lives (rendezvous hashing over the live
 //! hosts by function name), and its bundle is uploaded to a host before its first request.
@@ -33,7 +34,7 @@ use tern_js_api::exchange::{BoxError, Exchange, Failure, FailureKind, RequestBod
 use tern_proto::{Bundle, BundleId};
 use tokio::sync::Mutex as AsyncMutex;
 
-use crate::host_server::{BOOTS_HEADER, BUNDLE_HEADER, FAILURE_HEADER, REQUEST_ID_HEADER, URL_HEADER};
+use crate::host_server::{BOOTS_HEADER, BUNDLE_HEADER, FAILURE_HEADER, REQUEST_ID_HEADER, STUCK_HEADER, URL_HEADER};
 
 /// How long a replaced host may take to finish the requests it holds.
 const RETIRE_PATIENCE: Duration = Duration::from_secs(60);
@@ -128,9 +129,17 @@ impl HostPool {
             return;
         };
         tokio::spawn(async move {
-            let reply =
-                forward(&inner, guard, &bundle, exchange.id, exchange.hops, exchange.url, exchange.request).await;
-            let _ = exchange.reply.send(reply);
+            let mut reply = exchange.reply;
+            let forwarded = forward(&inner, guard, &bundle, exchange.id, exchange.hops, exchange.url, exchange.request);
+            // Once nobody waits for the answer (the wall time passed, the client left), the
+            // request is dropped: its stream to the host is reset and it no longer counts as
+            // in flight there, so a host being replaced is not kept alive by it.
+            tokio::select! {
+                answer = forwarded => {
+                    let _ = reply.send(answer);
+                }
+                () = reply.closed() => {}
+            }
         });
     }
 }
@@ -186,11 +195,15 @@ async fn forward(
         Ok(r) => r,
         Err(e) => return Reply::Failed(crashed(host, e)),
     };
-    if let Some(boots) = response.headers().get(BOOTS_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+    let count = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(boots) = count(BOOTS_HEADER) {
         host.boots.store(boots, Ordering::Relaxed);
         if boots >= inner.config.recycle_after {
-            inner.recycle(host);
+            inner.recycle(host, "it booted its share of isolates");
         }
+    }
+    if count(STUCK_HEADER).is_some_and(|stuck| stuck > 0) {
+        inner.recycle(host, "an isolate is stuck in it, on a thread only ending the process stops");
     }
     if let Some(code) = response.headers().get(FAILURE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string) {
         let detail = match response.into_body().collect().await {
@@ -201,6 +214,7 @@ async fn forward(
     }
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(BOOTS_HEADER);
+    parts.headers.remove(STUCK_HEADER);
     let body = GuardedPipe { body, _guard: guard };
     Reply::Response(http::Response::from_parts(parts, ResponseBody::Piped(body.boxed())))
 }
@@ -357,8 +371,9 @@ impl Inner {
         })
     }
 
-    /// Replaces `old` with a fresh host; `old` finishes its requests, then stops.
-    fn recycle(self: &Arc<Self>, old: &Arc<Host>) {
+    /// Replaces `old` with a fresh host, for the reason `why`; `old` finishes its requests,
+    /// then stops.
+    fn recycle(self: &Arc<Self>, old: &Arc<Host>, why: &'static str) {
         if old.recycling.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -378,6 +393,7 @@ impl Inner {
                 old = old.pid,
                 new = fresh.pid,
                 boots = old.boots.load(Ordering::Relaxed),
+                why,
                 "replacing isolate host"
             );
             {
