@@ -317,6 +317,8 @@ enum Command {
         warm_pool: usize,
         #[arg(long, default_value_t = 4096)]
         memory_budget_mib: u64,
+        #[arg(long, default_value_t = 256)]
+        cache_memory_mib: u64,
         #[arg(long)]
         allow_loopback: bool,
         #[arg(long = "ca-cert", value_name = "FILE")]
@@ -388,6 +390,10 @@ pub struct IsolateArgs {
     /// Evict isolates (least recently used) beyond this estimated memory.
     #[arg(long, default_value_t = 4096)]
     pub isolate_memory_budget_mib: u64,
+    /// Memory for the Cache API's stored responses (`caches.default`), all functions
+    /// together; each isolate host process has this much of its own.
+    #[arg(long, default_value_t = 256)]
+    pub cache_memory_mib: u64,
 }
 
 impl IsolateArgs {
@@ -397,6 +403,7 @@ impl IsolateArgs {
             format!("--isolate-hosts={}", self.isolate_hosts),
             format!("--host-recycle-after={}", self.host_recycle_after),
             format!("--isolate-memory-budget-mib={}", self.isolate_memory_budget_mib),
+            format!("--cache-memory-mib={}", self.cache_memory_mib),
         ];
         if self.allow_loopback {
             args.push("--allow-loopback".into());
@@ -593,13 +600,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback { name, to, wait, credentials } => {
             rt.block_on(control::rollback(&name, to.as_deref(), wait.limit(), &credentials))
         }
-        Command::IsolateHost { warm_pool, memory_budget_mib, allow_loopback, ca_certs } => {
+        Command::IsolateHost { warm_pool, memory_budget_mib, cache_memory_mib, allow_loopback, ca_certs } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .thread_name("tern-host")
                 .enable_all()
                 .build()?;
-            rt.block_on(serve::run_isolate_host(warm_pool, memory_budget_mib, allow_loopback, &ca_certs))
+            let budgets = serve::HostBudgets { isolates_mib: memory_budget_mib, cache_mib: cache_memory_mib };
+            rt.block_on(serve::run_isolate_host(warm_pool, budgets, allow_loopback, &ca_certs))
         }
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tern_edge_node::hosts::{HostConfig, HostPool};
 use tern_edge_node::{Backend, EdgeNode, ErrorDetail, RouteTable, ServerLimits};
+use tern_js_api::cache::ResponseCache;
 use tern_js_api::egress::{Egress, EgressPolicy, TrustedRoots};
 use tern_runtime::{IsolateConfig, Isolates};
 use tokio::signal::unix::{SignalKind, signal};
@@ -108,6 +109,7 @@ pub async fn backend(
             egress,
             warm_pool,
             memory_budget: isolates.isolate_memory_budget_mib << 20,
+            response_cache: ResponseCache::new(isolates.cache_memory_mib << 20),
             ..IsolateConfig::default()
         })?));
     }
@@ -115,6 +117,7 @@ pub async fn backend(
     let mut args: Vec<String> = vec!["--log-format".into(), log_format.into(), "isolate-host".into()];
     args.extend(["--warm-pool".into(), warm_pool.to_string()]);
     args.extend(["--memory-budget-mib".into(), isolates.isolate_memory_budget_mib.to_string()]);
+    args.extend(["--cache-memory-mib".into(), isolates.cache_memory_mib.to_string()]);
     if isolates.allow_loopback {
         args.push("--allow-loopback".into());
     }
@@ -140,11 +143,18 @@ pub fn egress_policy(allow_loopback: bool) -> EgressPolicy {
     }
 }
 
+/// The memory an isolate host may use: for isolates (an estimate, by count) and for the
+/// Cache API's responses.
+pub struct HostBudgets {
+    pub isolates_mib: u64,
+    pub cache_mib: u64,
+}
+
 /// `tern isolate-host` (internal, started by `tern serve --isolate-hosts`): runs isolates
 /// for the node connected on standard input (a Unix socket), until it goes away.
 pub async fn run_isolate_host(
     warm_pool: usize,
-    memory_budget_mib: u64,
+    budgets: HostBudgets,
     allow_loopback: bool,
     ca_certs: &[PathBuf],
 ) -> anyhow::Result<()> {
@@ -160,7 +170,8 @@ pub async fn run_isolate_host(
     let isolates = Isolates::start(IsolateConfig {
         egress,
         warm_pool,
-        memory_budget: memory_budget_mib << 20,
+        memory_budget: budgets.isolates_mib << 20,
+        response_cache: ResponseCache::new(budgets.cache_mib << 20),
         ..Default::default()
     })?;
     tokio::select! {

@@ -11,7 +11,8 @@ import {
   op_tern_wasm_clamp,
   op_tern_wasm_max_pages,
 } from "ext:core/ops";
-import { installHandlerProtocol } from "ext:tern_api/10_handler.js";
+import { headerLines, installHandlerProtocol } from "ext:tern_api/10_handler.js";
+import { installCaches } from "ext:tern_api/25_cache.js";
 
 const { ObjectDefineProperty, ObjectDefineProperties, ObjectSetPrototypeOf, SymbolFor } = primordials;
 
@@ -225,6 +226,16 @@ class Navigator {
 }
 const navigator = new Navigator();
 
+const cacheApi = installCaches({
+  Headers: headers.Headers,
+  Request: request.Request,
+  RequestPrototype: request.RequestPrototype,
+  Response: response.Response,
+  ResponsePrototype: response.ResponsePrototype,
+  toInnerResponse: response.toInnerResponse,
+  headerLines,
+});
+
 // Bytes of a module of the bundle, for the `.wasm` and `.bin` imports the loader synthesizes.
 const moduleBytes = (path) => op_tern_module_bytes(path);
 
@@ -275,6 +286,9 @@ ObjectDefineProperties(globalThis, {
   Request: value(request.Request),
   Response: value(response.Response),
   fetch: enumerable(countingHops(fetch.fetch, request.Request)),
+  caches: value(cacheApi.caches),
+  Cache: value(cacheApi.Cache),
+  CacheStorage: value(cacheApi.CacheStorage),
   // Scheduling and cloning
   setTimeout: enumerable(setTimeout),
   clearTimeout: enumerable(timers.clearTimeout),

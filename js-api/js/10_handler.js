@@ -30,6 +30,19 @@ const {
   TypedArrayPrototypeGetSymbolToStringTag,
 } = primordials;
 
+/**
+ * A header list as the respond and cache ops take it: one "name:value" line per header
+ * (names hold no colon and neither holds a line break: Headers refuses them).
+ */
+export function headerLines(list) {
+  let lines = "";
+  for (let i = 0; i < list.length; i++) {
+    const pair = list[i];
+    lines += i === 0 ? pair[0] + ":" + pair[1] : "\n" + pair[0] + ":" + pair[1];
+  }
+  return lines;
+}
+
 export function installHandlerProtocol({ streams, request, response, body, reportUncaught }) {
   const { ReadableStream, ReadableStreamPrototype } = streams;
   const { newInnerRequest, fromInnerRequest } = request;
@@ -151,19 +164,6 @@ export function installHandlerProtocol({ streams, request, response, body, repor
     }
     if (chunk instanceof ArrayBuffer) return new Uint8Array(chunk);
     throw new TypeError(`response body chunks must be Uint8Array or ArrayBuffer, got ${describe(chunk)}`);
-  }
-
-  /**
-   * The header list as the respond ops take it: one "name:value" line per header (names
-   * hold no colon and neither holds a line break: Headers refuses them).
-   */
-  function headerLines(list) {
-    let lines = "";
-    for (let i = 0; i < list.length; i++) {
-      const pair = list[i];
-      lines += i === 0 ? pair[0] + ":" + pair[1] : "\n" + pair[0] + ":" + pair[1];
-    }
-    return lines;
   }
 
   /** Sends `res`; returns a promise only while a streamed body is still being written. */

@@ -8,6 +8,7 @@
 //! ([`egress`]). It owns no threads and no sockets: the runtime boots isolates with
 //! [`extensions`] and feeds them exchanges.
 
+pub mod cache;
 pub mod console;
 pub mod egress;
 pub mod exchange;
@@ -141,9 +142,12 @@ deno_core::extension!(
         op_tern_wasm_max_pages,
         op_tern_heap_exhausted,
         op_tern_wasi_module,
+        cache::op_tern_cache_put,
+        cache::op_tern_cache_match,
+        cache::op_tern_cache_delete,
     ],
     esm_entry_point = "ext:tern_api/00_global_scope.js",
-    esm = [dir "js", "00_global_scope.js", "10_handler.js", "20_wasi.js"],
+    esm = [dir "js", "00_global_scope.js", "10_handler.js", "20_wasi.js", "25_cache.js"],
     lazy_loaded_js = [dir "js", "30_cloudflare_workers.js"],
     synthetic_esm = ["cloudflare:workers" = "ext:tern_api/30_cloudflare_workers.js"],
     options = { policy: egress::EgressPolicy },

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use deno_core::error::CoreErrorKind;
 use deno_core::{JsRuntime, PollEventLoopOptions, RuntimeOptions, v8};
+use tern_js_api::cache::ResponseCache;
 use tern_js_api::egress::Egress;
 use tern_js_api::exchange::{
     Exchange, Failure, FailureKind, FunctionIdentity, HeapExhausted, InFlight, Inbox, OnTaken, Reply, RequestId,
@@ -126,11 +127,13 @@ impl WarmIsolate {
         inbox: mpsc::UnboundedReceiver<Exchange>,
         booted: Option<tokio::sync::oneshot::Sender<()>>,
         stats: &RuntimeStats,
+        responses: &Arc<ResponseCache>,
     ) -> Ending {
         let identity = FunctionIdentity { name: bundle.name().to_string(), version: bundle.id().short() };
         let limits = bundle.manifest.limits;
         let inbox = Inbox::new(inbox);
         let Self { mut js, loader, tripwire, memory, egress: Egress { policy, roots } } = self;
+        js.op_state().borrow_mut().put(responses.for_function(bundle.name()));
         if !bundle.manifest.egress_allow.is_empty() {
             let widened = Egress { policy: policy.also_allowing(&bundle.manifest.egress_allow), roots: roots.clone() };
             let state = js.op_state();

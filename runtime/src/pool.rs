@@ -24,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tern_js_api::cache::ResponseCache;
 use tern_js_api::egress::Egress;
 use tern_js_api::exchange::{Exchange, Failure, FailureKind, Reply};
 use tern_proto::{Bundle, BundleId, Limits};
@@ -55,6 +56,8 @@ pub struct IsolateConfig {
     pub idle_ttl: Duration,
     /// Isolates are evicted, least recently used first, beyond this estimated memory.
     pub memory_budget: u64,
+    /// The Cache API's store, shared by the functions of this process.
+    pub response_cache: Arc<ResponseCache>,
 }
 
 impl IsolateConfig {
@@ -72,6 +75,7 @@ impl Default for IsolateConfig {
             pool_memory_limit: Limits::default().memory_bytes,
             idle_ttl: Duration::from_secs(300),
             memory_budget: 4 << 30,
+            response_cache: ResponseCache::new(tern_js_api::cache::DEFAULT_BUDGET_BYTES),
         }
     }
 }
@@ -337,7 +341,8 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
                 }
             }
         }));
-        match isolate.run(binding.bundle, binding.inbox, binding.booted, &shared.stats).await {
+        let responses = &shared.config.response_cache;
+        match isolate.run(binding.bundle, binding.inbox, binding.booted, &shared.stats, responses).await {
             Ending::Finished => {}
             Ending::Died(inbox) => {
                 tokio::time::sleep(REBOOT_BACKOFF).await;
