@@ -146,6 +146,44 @@ async fn bug_a_webassembly_memory_grown_from_js_to_the_heap_limit_was_an_uncaugh
 }
 
 #[tokio::test]
+async fn bug_a_version_that_got_stuck_stranded_one_more_thread_per_request() {
+    // A microtask chain that forks outgrows termination: the isolate is stuck and its thread
+    // spins on at idle priority. The version's next request started a fresh isolate that got
+    // stuck too, so every request stranded a thread and up to a heap of memory.
+    let p = with_limits(
+        "forks",
+        "wall_ms = 2000",
+        r#"export default { fetch(req) {
+            if (new URL(req.url).searchParams.has("fork")) {
+                const spin = () => { Promise.resolve().then(spin); Promise.resolve().then(spin); };
+                spin();
+                return new Promise(() => {});
+            }
+            return new Response("fine");
+        } };"#,
+    );
+    let other = with_limits("other", "", "export default { fetch: () => new Response('other fine') };");
+    let tern = Tern::dev_with(&[p.path(), other.path()], &["--admin-port", "0"]);
+    assert_eq!(get(&tern, "forks.localhost", "/?fork").await.status, 503);
+    assert!(tern.wait_for_output("isolate stuck after termination").await, "{}", tern.output());
+    for path in ["/?fork", "/"] {
+        let refused = get(&tern, "forks.localhost", path).await;
+        assert_eq!((refused.status, refused.header("tern-error")), (503, Some("cpu_limit_exceeded")), "{path}");
+        assert!(refused.text.contains("not run again"), "{}", refused.text);
+    }
+    assert_eq!(get(&tern, "other.localhost", "/").await.text, "other fine");
+    let admin = tern
+        .output()
+        .lines()
+        .find_map(|l| l.strip_prefix("tern dev: metrics at http://")?.strip_suffix("/metrics"))
+        .expect("tern dev prints the admin address")
+        .to_string();
+    let request = http::Request::get(format!("http://{admin}/metrics")).body(support::empty()).unwrap();
+    let metrics = support::send(&support::http1(), request).await.text;
+    assert!(metrics.lines().any(|l| l == "tern_isolates_stuck_total 1"), "{metrics}");
+}
+
+#[tokio::test]
 async fn code_generation_is_refused_by_default_without_breaking_instanceof() {
     let p = Project::new(
         "strict",

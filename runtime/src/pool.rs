@@ -15,6 +15,11 @@
 //! booted on demand. A new version replaces the
 //! slot atomically: requests already inside the old isolate finish there.
 //!
+//! An isolate whose JS went on after termination is stuck: its thread cannot be stopped
+//! and is quarantined (see [`crate::meter::Tripwire`]). Its version is not run again in
+//! this process: its requests are answered `cpu_limit_exceeded` at once, so hostile code
+//! strands at most one thread (and one heap) per version, not one per request.
+//!
 //! Isolates are evicted (moka) after [`IsolateConfig::idle_ttl`] without a request, and,
 //! least recently used first, when their estimated footprint passes
 //! [`IsolateConfig::memory_budget`]. An evicted function's isolate finishes what it holds
@@ -94,6 +99,8 @@ struct Shared {
     warm: Mutex<VecDeque<oneshot::Sender<Binding>>>,
     refill: Mutex<std::sync::mpsc::Sender<()>>,
     stats: RuntimeStats,
+    /// Versions that had a stuck isolate: not run again.
+    stuck: Mutex<std::collections::HashSet<BundleId>>,
 }
 
 /// The isolate serving the current version of one function.
@@ -139,6 +146,7 @@ impl Isolates {
                 warm: Mutex::new(VecDeque::new()),
                 refill: Mutex::new(refill),
                 stats: RuntimeStats::default(),
+                stuck: Mutex::new(std::collections::HashSet::new()),
             }
         });
         let weak = Arc::downgrade(&shared);
@@ -172,6 +180,17 @@ impl Isolates {
 
     /// Hands `exchange` to the isolate of `bundle`, starting one if needed.
     pub fn dispatch(&self, bundle: Arc<Bundle>, exchange: Exchange) {
+        if lock(&self.shared.stuck).contains(&bundle.id()) {
+            let detail = format!(
+                "function {:?} (version {}) ran on after it was stopped at its CPU limit (a microtask chain \
+                 that outgrows termination), so its isolate was quarantined; this version is not run again \
+                 on this node: deploy a fixed one",
+                bundle.name(),
+                bundle.id().short()
+            );
+            let _ = exchange.reply.send(Reply::Failed(Failure { kind: FailureKind::CpuLimitExceeded, detail }));
+            return;
+        }
         let mut slots = lock(&self.shared.slots);
         let exchange = match slots.get(bundle.name()) {
             Some(slot) if slot.version == bundle.id() => match slot.inbox.send(exchange) {
@@ -332,9 +351,10 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
         let (weak, name, version) = (Arc::downgrade(&shared), bundle.name().to_string(), bundle.id());
         isolate.tripwire().on_stuck(Box::new(move || {
             tracing::error!(target: "tern::kill", function = %name, version = %version.short(),
-                "isolate stuck after termination: its thread is quarantined and the function moves to a fresh isolate");
+                "isolate stuck after termination: its thread is quarantined and this version is not run again here");
             if let Some(shared) = weak.upgrade() {
                 shared.stats.stuck_isolates.inc();
+                lock(&shared.stuck).insert(version);
                 let mut slots = lock(&shared.slots);
                 if slots.get(&name).is_some_and(|s| s.version == version) {
                     slots.remove(&name);
