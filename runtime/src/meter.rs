@@ -160,8 +160,8 @@ impl Tripwire {
 
     /// JS still running [`STUCK_AFTER`] after termination cannot be stopped in this process
     /// (on quickjs, a chain of microtasks each re-queuing the next swallows termination).
-    /// Its thread is lowered to the least CPU priority and the function moves on to a fresh
-    /// isolate; the thread is lost until the process is replaced.
+    /// Its thread is lowered to the least CPU priority and the pool stops running its version;
+    /// the thread is lost until the process is replaced, unless the JS ends after all.
     fn quarantine_if_stuck(&self) {
         let since = *self.tripped_at.lock().unwrap_or_else(|p| p.into_inner());
         if since.is_none_or(|t| t.elapsed() < STUCK_AFTER) || self.stuck.swap(true, Ordering::AcqRel) {
@@ -171,6 +171,11 @@ impl Tripwire {
         if let Some(f) = self.on_stuck.get() {
             f();
         }
+    }
+
+    /// Whether the isolate was found stuck (see [`Self::on_stuck`]).
+    pub fn was_stuck(&self) -> bool {
+        self.stuck.load(Ordering::Acquire)
     }
 
     pub fn tripped(&self) -> Option<Breach> {

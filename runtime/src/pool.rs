@@ -16,9 +16,9 @@
 //! slot atomically: requests already inside the old isolate finish there.
 //!
 //! An isolate whose JS went on after termination is stuck: its thread cannot be stopped
-//! and is quarantined (see [`crate::meter::Tripwire`]). Its version is not run again in
-//! this process: its requests are answered `cpu_limit_exceeded` at once, so hostile code
-//! strands at most one thread (and one heap) per version, not one per request.
+//! and is quarantined (see [`crate::meter::Tripwire`]). While it runs, its version is not
+//! run again in this process: its requests are answered `cpu_limit_exceeded` at once, so
+//! hostile code strands at most one thread (and one heap) per version, not one per request.
 //!
 //! Isolates are evicted (moka) after [`IsolateConfig::idle_ttl`] without a request, and,
 //! least recently used first, when their estimated footprint passes
@@ -361,8 +361,17 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
                 }
             }
         }));
+        let tripwire = isolate.tripwire().clone();
         let responses = &shared.config.response_cache;
-        match isolate.run(binding.bundle, binding.inbox, binding.booted, &shared.stats, responses).await {
+        let ending = isolate.run(binding.bundle, binding.inbox, binding.booted, &shared.stats, responses).await;
+        if tripwire.was_stuck() {
+            // It ended after all (say, one long native call outlived the wait): not hostile
+            // enough to keep refusing its version.
+            tracing::warn!(function = bundle.name(), version = %bundle.id().short(),
+                "an isolate found stuck ended after all: its version runs again");
+            lock(&shared.stuck).remove(&bundle.id());
+        }
+        match ending {
             Ending::Finished => {}
             Ending::Died(inbox) => {
                 tokio::time::sleep(REBOOT_BACKOFF).await;
