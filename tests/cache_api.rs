@@ -152,3 +152,44 @@ async fn what_the_headers_keep_out_is_not_stored_and_bad_puts_say_why() {
     let post = get(&tern, "rules.localhost", "/post").await;
     assert_eq!(post.text, "TypeError: Cache.put: only GET requests can be cached, not POST");
 }
+
+#[tokio::test]
+async fn match_answers_conditions_and_byte_ranges_from_a_stored_200() {
+    let p = Project::new(
+        "ranges",
+        &[(
+            "index.js",
+            r#"export default { async fetch(request) {
+                const key = "https://ranges.test/digits";
+                if (new URL(request.url).pathname === "/put") {
+                    await caches.default.put(key, new Response("0123456789", { headers: {
+                        "cache-control": "max-age=60", etag: '"v1"', "last-modified": "Wed, 21 Oct 2015 07:28:00 GMT",
+                    } }));
+                    return new Response("put");
+                }
+                const hit = await caches.default.match(new Request(key, { headers: request.headers }));
+                return new Response(`${hit.status} ${hit.headers.get("content-range")} ${await hit.text()}`);
+            } };"#,
+        )],
+    );
+    let tern = Tern::dev(&[p.path()]);
+    assert_eq!(get(&tern, "ranges.localhost", "/put").await.text, "put");
+    let client = http1();
+    for (header, value, answer) in [
+        ("if-none-match", "\"v1\"", "304 null "),
+        ("if-none-match", "W/\"v1\", \"v0\"", "304 null "),
+        ("if-none-match", "\"v2\"", "200 null 0123456789"),
+        ("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT", "304 null "),
+        ("if-modified-since", "Tue, 20 Oct 2015 07:28:00 GMT", "200 null 0123456789"),
+        ("range", "bytes=2-4", "206 bytes 2-4/10 234"),
+        ("range", "bytes=-3", "206 bytes 7-9/10 789"),
+        ("range", "bytes=7-", "206 bytes 7-9/10 789"),
+        ("range", "bytes=5-100", "206 bytes 5-9/10 56789"),
+        ("range", "bytes=20-", "416 bytes */10 "),
+        ("range", "bytes=1-2,4-5", "200 null 0123456789"),
+    ] {
+        let request = tern.request("GET", "ranges.localhost", "/").header(header, value).body(empty()).unwrap();
+        let a = send(&client, request).await;
+        assert_eq!(a.text, answer, "{header}: {value}");
+    }
+}
