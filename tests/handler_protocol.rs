@@ -39,6 +39,42 @@ async fn module_form_gets_request_env_and_ctx() {
 }
 
 #[tokio::test]
+async fn request_headers_reach_the_function_as_byte_strings_combined_and_in_order() {
+    // They cross into the isolate as one string of lines, split only when read.
+    let p = Project::new(
+        "reqheads",
+        &[(
+            "index.js",
+            r#"export default { fetch(request) {
+                const latin = request.headers.get("x-latin");
+                return Response.json({
+                    all: [...request.headers].filter(([name]) => name.startsWith("x-")),
+                    latinCodes: [...latin].map((c) => c.charCodeAt(0)),
+                });
+            } };"#,
+        )],
+    );
+    let tern = Tern::dev(&[p.path()]);
+    let request = tern
+        .request("GET", "reqheads.localhost", "/")
+        .header("x-multi", "one")
+        .header("x-colon", "a:b: c")
+        .header("x-multi", "two")
+        .header("x-latin", http::HeaderValue::from_bytes(b"caf\xe9").unwrap())
+        .header("x-empty", "")
+        .body(empty())
+        .unwrap();
+    let a = send(&http1(), request).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let j = a.json();
+    assert_eq!(
+        j["all"],
+        serde_json::json!([["x-colon", "a:b: c"], ["x-empty", ""], ["x-latin", "caf\u{e9}"], ["x-multi", "one, two"]])
+    );
+    assert_eq!(j["latinCodes"], serde_json::json!([99, 97, 102, 0xe9]));
+}
+
+#[tokio::test]
 async fn response_headers_cross_as_byte_strings_in_order_and_repeated() {
     // Headers values are ByteStrings: U+00E9 goes out as the single byte 0xE9, as in Workers.
     let p = Project::new(

@@ -20,6 +20,7 @@ import { wasiFunction } from "ext:tern_api/20_wasi.js";
 
 const {
   ArrayBufferIsView,
+  ArrayPrototypePush,
   JSONParse,
   ObjectCreate,
   ObjectDefineProperty,
@@ -27,6 +28,8 @@ const {
   ObjectPrototypeIsPrototypeOf,
   PromisePrototypeThen,
   PromiseResolve,
+  StringPrototypeIndexOf,
+  StringPrototypeSlice,
   TypedArrayPrototypeGetSymbolToStringTag,
 } = primordials;
 
@@ -41,6 +44,21 @@ export function headerLines(list) {
     lines += i === 0 ? pair[0] + ":" + pair[1] : "\n" + pair[0] + ":" + pair[1];
   }
   return lines;
+}
+
+/** The [name, value] pairs of a header list given as "name:value" lines. */
+function headerPairs(lines) {
+  const list = [];
+  if (lines === "") return list;
+  let start = 0;
+  for (;;) {
+    const end = StringPrototypeIndexOf(lines, "\n", start);
+    const line = end === -1 ? StringPrototypeSlice(lines, start) : StringPrototypeSlice(lines, start, end);
+    const colon = StringPrototypeIndexOf(line, ":");
+    ArrayPrototypePush(list, [StringPrototypeSlice(line, 0, colon), StringPrototypeSlice(line, colon + 1)]);
+    if (end === -1) return list;
+    start = end + 1;
+  }
 }
 
 export function installHandlerProtocol({ streams, request, response, body, reportUncaught }) {
@@ -124,7 +142,7 @@ export function installHandlerProtocol({ streams, request, response, body, repor
   // `request.cf` when the node knows nothing of the client (as under `tern dev`).
   const NO_CF = ObjectFreeze({});
 
-  function makeRequest(id, method, url, headerList, hasBody, cf) {
+  function makeRequest(id, method, url, headerText, hasBody, cf) {
     let inner = null;
     if (hasBody) {
       const stream = new ReadableStream({
@@ -136,7 +154,8 @@ export function installHandlerProtocol({ streams, request, response, body, repor
       }, { highWaterMark: 0 });
       inner = new InnerBody(stream);
     }
-    const req = fromInnerRequest(newInnerRequest(method, url, () => headerList, inner, false), "immutable");
+    // The header list is split into pairs only if the function reads a header.
+    const req = fromInnerRequest(newInnerRequest(method, url, () => headerPairs(headerText), inner, false), "immutable");
     // `request.cf` as on Workers: what the node knows of the client (country, latitude,
     // longitude, colo), read-only.
     ObjectDefineProperty(req, "cf", { value: cf === null ? NO_CF : ObjectFreeze(JSONParse(cf)), enumerable: true });
@@ -323,7 +342,7 @@ export function installHandlerProtocol({ streams, request, response, body, repor
         const exchange = await op_tern_next_request();
         if (exchange === null) return;
         try {
-          const pending = handleWasi(exchange);
+          const pending = handleWasi([exchange[0], exchange[1], exchange[2], headerPairs(exchange[3]), exchange[4]]);
           if (pending !== undefined) PromisePrototypeThen(pending, undefined, failed(exchange[0]));
         } catch (e) {
           op_tern_fail(exchange[0], "uncaught_exception", errorText(e));

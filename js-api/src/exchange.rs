@@ -401,19 +401,20 @@ enum ResponseBodyInit {
 }
 
 /// Waits for the next request. Resolves to `null` when the isolate should stop taking work.
-/// Returns `[id, method, url, headers, hasBody, cf]`: `cf` is the JSON the node put in the
-/// `tern-cf` header for `request.cf` (the header itself is not passed on), or `null`.
+/// Returns `[id, method, url, headers, hasBody, cf]`: `headers` is one byte string of
+/// `name:value` lines (one crossing, split only if the function reads a header); `cf` is
+/// the JSON the node put in the `tern-cf` header for `request.cf` (the header itself is not
+/// passed on), or `null`.
 #[op2]
 pub async fn op_tern_next_request(
     state: Rc<RefCell<OpState>>,
-) -> Option<(u32, String, String, Vec<(ByteString, ByteString)>, bool, Option<String>)> {
+) -> Option<(u32, String, String, ByteString, bool, Option<String>)> {
     let inbox = state.borrow().borrow::<Inbox>().clone();
     let exchange = inbox.next().await?;
     let (mut parts, body) = exchange.request.into_parts();
     let cf = parts.headers.remove(CF_HEADER).and_then(|v| v.to_str().ok().map(str::to_string));
     let has_body = !body.is_end_stream() && !matches!(parts.method, http::Method::GET | http::Method::HEAD);
-    let headers =
-        parts.headers.iter().map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_bytes()))).collect();
+    let headers = ByteString::from(header_lines(&parts.headers));
     let id = state.borrow_mut().borrow_mut::<InFlight>().insert(
         (exchange.id, exchange.hops),
         has_body.then_some(body),
@@ -423,6 +424,22 @@ pub async fn op_tern_next_request(
         (taken.0)();
     }
     Some((id, parts.method.to_string(), exchange.url, headers, has_body, cf))
+}
+
+/// A header map as `name:value` lines joined by `\n` (names hold no colon, and neither
+/// names nor values hold a line break), values as their bytes.
+pub fn header_lines(headers: &http::HeaderMap) -> Vec<u8> {
+    let size = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 2).sum();
+    let mut lines = Vec::with_capacity(size);
+    for (i, (name, value)) in headers.iter().enumerate() {
+        if i > 0 {
+            lines.push(b'\n');
+        }
+        lines.extend_from_slice(name.as_str().as_bytes());
+        lines.push(b':');
+        lines.extend_from_slice(value.as_bytes());
+    }
+    lines
 }
 
 /// The `tern-hops` value for an outbound request made now.
@@ -605,6 +622,17 @@ pub fn op_tern_fail(state: &mut OpState, id: u32, #[string] kind: &str, #[string
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn request_headers_cross_as_lines_with_their_bytes_in_order() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("accept", http::HeaderValue::from_static("text/html"));
+        headers.append("x-latin", http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        headers.append("accept", http::HeaderValue::from_static("a:b"));
+        assert_eq!(header_lines(&headers), b"accept:text/html\naccept:a:b\nx-latin:caf\xe9");
+        assert_eq!(header_lines(&http::HeaderMap::new()), b"");
+    }
+
     use std::time::Duration;
 
     use super::*;
