@@ -601,11 +601,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(control::rollback(&name, to.as_deref(), wait.limit(), &credentials))
         }
         Command::IsolateHost { warm_pool, memory_budget_mib, cache_memory_mib, allow_loopback, ca_certs } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("tern-host")
-                .enable_all()
-                .build()?;
+            // One thread for the node's HTTP/2 connection and the streams on it: handing each
+            // request between threads cost a context switch or two per request.
+            let rt = tokio::runtime::Builder::new_current_thread().thread_name("tern-host").enable_all().build()?;
             let budgets = serve::HostBudgets { isolates_mib: memory_budget_mib, cache_mib: cache_memory_mib };
             rt.block_on(serve::run_isolate_host(warm_pool, budgets, allow_loopback, &ca_certs))
         }
