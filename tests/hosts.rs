@@ -145,17 +145,7 @@ async fn a_host_with_a_stuck_isolate_is_replaced_and_stopped() {
     // the request the node had given up on at its wall time still counted as in flight there.
     let p = Project::with_manifest(
         "name = \"forks\"\nmain = \"index.js\"\n[limits]\nwall_ms = 2000\n",
-        &[(
-            "index.js",
-            r#"export default { fetch(req) {
-                if (new URL(req.url).searchParams.has("fork")) {
-                    const spin = () => { Promise.resolve().then(spin); Promise.resolve().then(spin); };
-                    spin();
-                    return new Promise(() => {});
-                }
-                return new Response("fine");
-            } };"#,
-        )],
+        &[("index.js", support::FORKING_MICROTASKS)],
     );
     let tern = Tern::dev_with(&[p.path()], &["--isolate-hosts", "1"]);
     let first = host_of(&tern, "forks").await;

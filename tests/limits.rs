@@ -150,18 +150,7 @@ async fn bug_a_version_that_got_stuck_stranded_one_more_thread_per_request() {
     // A microtask chain that forks outgrows termination: the isolate is stuck and its thread
     // spins on at idle priority. The version's next request started a fresh isolate that got
     // stuck too, so every request stranded a thread and up to a heap of memory.
-    let p = with_limits(
-        "forks",
-        "wall_ms = 2000",
-        r#"export default { fetch(req) {
-            if (new URL(req.url).searchParams.has("fork")) {
-                const spin = () => { Promise.resolve().then(spin); Promise.resolve().then(spin); };
-                spin();
-                return new Promise(() => {});
-            }
-            return new Response("fine");
-        } };"#,
-    );
+    let p = with_limits("forks", "wall_ms = 2000", support::FORKING_MICROTASKS);
     let other = with_limits("other", "", "export default { fetch: () => new Response('other fine') };");
     let tern = Tern::dev_with(&[p.path(), other.path()], &["--admin-port", "0"]);
     assert_eq!(get(&tern, "forks.localhost", "/?fork").await.status, 503);

@@ -24,6 +24,17 @@ pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// How long a test waits for the server to come up or for a log line; generous because CI
 /// machines are shared. Never a performance threshold.
+/// A function that answers "fine", and on `?fork` starts a microtask chain that forks:
+/// termination cannot stop it on this engine, so its isolate is declared stuck.
+pub const FORKING_MICROTASKS: &str = r#"export default { fetch(req) {
+    if (new URL(req.url).searchParams.has("fork")) {
+        const spin = () => { Promise.resolve().then(spin); Promise.resolve().then(spin); };
+        spin();
+        return new Promise(() => {});
+    }
+    return new Response("fine");
+} };"#;
+
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A running `tern dev`.
