@@ -164,7 +164,9 @@ impl WarmIsolate {
         stats.live_isolates.inc();
         let ending = function.serve(&mut js).await;
         stats.live_isolates.dec();
+        let lane = crate::priority::teardown();
         drop(js);
+        drop(lane);
         match ending {
             None => Ending::Finished,
             Some(()) => match inbox.into_receiver() {

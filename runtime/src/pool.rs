@@ -96,7 +96,7 @@ struct Shared {
     slots: Mutex<HashMap<String, Slot>>,
     /// Which functions have an isolate, by recency; evicting an entry retires the isolate.
     resident: moka::sync::Cache<String, BundleId>,
-    warm: Mutex<VecDeque<oneshot::Sender<Binding>>>,
+    warm: Mutex<VecDeque<(oneshot::Sender<Binding>, Option<priority::WarmBoot>)>>,
     refill: Mutex<std::sync::mpsc::Sender<()>>,
     stats: RuntimeStats,
     /// Versions that had a stuck isolate: not run again.
@@ -238,8 +238,11 @@ impl Shared {
         tracing::info!(function = binding.bundle.name(), version = %binding.bundle.id().short(), "starting isolate");
         if Shape::of(&binding.bundle) == self.config.pool_shape() {
             loop {
-                let Some(warm) = lock(&self.warm).pop_front() else { break };
+                let Some((warm, background)) = lock(&self.warm).pop_front() else { break };
                 self.stats.warm_isolates.dec();
+                // Out of the background before the binding wakes it: its thread is alive
+                // while it waits on `warm`.
+                background.into_iter().for_each(priority::WarmBoot::end);
                 match warm.send(binding) {
                     Ok(()) => {
                         self.ask_refill();
@@ -266,7 +269,9 @@ impl Shared {
 
 enum Start {
     /// Boot, join the warm pool, wait to be bound; `ready` hears whether the boot worked.
-    Warm { ready: std::sync::mpsc::Sender<bool> },
+    /// A warm boot is work no request waits for: it runs in the `background` (see
+    /// [`priority::WarmBoot`]), which whoever binds the isolate ends.
+    Warm { ready: std::sync::mpsc::Sender<bool>, background: Option<priority::WarmBoot> },
     /// Boot for this binding right away.
     Cold(Binding),
 }
@@ -290,9 +295,10 @@ fn spawner(shared: std::sync::Weak<Shared>, wanted: std::sync::mpsc::Receiver<()
             }
             let (ready, booted) = std::sync::mpsc::channel();
             let for_thread = shared.clone();
-            let spawned = std::thread::Builder::new()
-                .name("tern-isolate".into())
-                .spawn(move || isolate_thread(for_thread, Start::Warm { ready }));
+            let builder = std::thread::Builder::new().name("tern-isolate".into());
+            let spawned = priority::WarmBoot::spawn(builder, move |background| {
+                isolate_thread(for_thread, Start::Warm { ready, background });
+            });
             drop(shared);
             if spawned.is_err() || booted.recv() != Ok(true) {
                 std::thread::sleep(BOOT_FAILURE_BACKOFF);
@@ -315,23 +321,21 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
             Start::Warm { .. } => shared.config.pool_shape(),
             Start::Cold(binding) => Shape::of(&binding.bundle),
         };
-        // A warm boot is work no request waits for: it yields the CPU to those that do.
-        let background = matches!(start, Start::Warm { .. }).then(priority::WarmBoot::begin);
         let booted = WarmIsolate::boot(&shared.config.egress, shape);
         if booted.is_ok() {
             shared.stats.boots.inc();
         }
         let (isolate, binding) = match (start, booted) {
-            (Start::Warm { ready }, Ok(isolate)) => {
+            (Start::Warm { ready, background }, Ok(isolate)) => {
                 let (tx, rx) = oneshot::channel();
-                lock(&shared.warm).push_back(tx);
+                lock(&shared.warm).push_back((tx, background));
                 shared.stats.warm_isolates.inc();
                 let _ = ready.send(true);
+                // Whoever binds it ends its background (`Shared::bind`).
                 let Ok(binding) = rx.await else { return };
-                background.into_iter().for_each(priority::WarmBoot::end);
                 (isolate, binding)
             }
-            (Start::Warm { ready }, Err(e)) => {
+            (Start::Warm { ready, .. }, Err(e)) => {
                 tracing::error!("warm pool: {e}");
                 let _ = ready.send(false);
                 return;
