@@ -146,6 +146,36 @@ async fn bug_a_webassembly_memory_grown_from_js_to_the_heap_limit_was_an_uncaugh
 }
 
 #[tokio::test]
+async fn bug_a_memory_exported_by_a_webassembly_module_grew_from_js_past_its_maximum_and_the_limit() {
+    // The engine raises an exported memory's maximum to fit any grow from JS: a module's
+    // own maximum of 2 pages meant nothing, and a memory the limit clamped (8 MiB here)
+    // grew to gigabytes. Modules compiled by every route keep to both now.
+    let p = with_limits(
+        "exported",
+        "memory_mib = 8",
+        r#"const two = new Uint8Array([0,0x61,0x73,0x6d,1,0,0,0, 5,4,1,1,1,2, 7,7,1,3,0x6d,0x65,0x6d,2,0]);
+        const unbounded = new Uint8Array([0,0x61,0x73,0x6d,1,0,0,0, 5,3,1,0,1, 7,7,1,3,0x6d,0x65,0x6d,2,0]);
+        const grow = (memory, pages) => { try { return `${memory.grow(pages)}`; } catch (e) { return e.name; } };
+        export default { async fetch() {
+            const out = [];
+            const { module, instance } = await WebAssembly.instantiate(two);
+            out.push(grow(instance.exports.mem, 1), grow(instance.exports.mem, 1));
+            out.push(grow(new WebAssembly.Instance(module).exports.mem, 2));
+            out.push(grow((await WebAssembly.instantiate(module)).exports.mem, 1));
+            out.push(grow(new WebAssembly.Instance(new WebAssembly.Module(unbounded)).exports.mem, 128));
+            out.push(grow(new WebAssembly.Instance(await WebAssembly.compile(unbounded)).exports.mem, 127));
+            const streamed = await WebAssembly.instantiateStreaming(new Response(unbounded));
+            out.push(grow(streamed.instance.exports.mem, 4000));
+            return new Response(out.join(" "));
+        } };"#,
+    );
+    let tern = Tern::dev(&[p.path()]);
+    let r = get(&tern, "exported.localhost", "/").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.text, "1 RangeError RangeError 1 RangeError 1 RangeError", "8 MiB is 128 pages");
+}
+
+#[tokio::test]
 async fn bug_a_version_that_got_stuck_stranded_one_more_thread_per_request() {
     // A microtask chain that forks outgrows termination: the isolate is stuck and its thread
     // spins on at idle priority. The version's next request started a fresh isolate that got

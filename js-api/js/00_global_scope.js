@@ -9,6 +9,7 @@ import {
   op_tern_module_bytes,
   op_tern_outbound_hops,
   op_tern_wasm_clamp,
+  op_tern_wasm_exported_memories,
   op_tern_wasm_max_pages,
 } from "ext:core/ops";
 import { headerLines, installHandlerProtocol } from "ext:tern_api/10_handler.js";
@@ -128,19 +129,37 @@ function countingHops(webFetch, Request) {
 
 // WebAssembly memories stay under the function's memory limit: every module is compiled
 // from bytes whose memories have a maximum of at most the limit (js-api/src/wasm_limits.rs),
-// and `new WebAssembly.Memory` is clamped the same way. Modules, instances and memories
-// are still the engine's own (`instanceof` holds).
+// and `new WebAssembly.Memory` is clamped the same way. The engine lets JS grow a memory a
+// module exports past that maximum, so those memories get a `grow` that keeps to it.
+// Modules, instances and memories are still the engine's own (`instanceof` holds).
 function limitWebAssemblyMemory(WA) {
-  const { Module: EngineModule, Memory: EngineMemory, compile, instantiate } = WA;
   const {
+    Module: EngineModule,
+    Instance: EngineInstance,
+    Memory: EngineMemory,
+    compile,
+    instantiate,
+  } = WA;
+  const {
+    ArrayPrototypeMap,
     FunctionPrototypeCall,
     MathMin,
+    NumberIsInteger,
     ObjectAssign,
     ObjectDefineProperty,
+    ObjectKeys,
     ObjectPrototypeIsPrototypeOf,
+    PromisePrototypeThen,
     PromiseReject,
+    PromiseResolve,
+    SafeWeakMap,
+    SafeWeakSet,
     StringPrototypeIncludes,
     TypeErrorPrototype,
+    WeakMapPrototypeGet,
+    WeakMapPrototypeSet,
+    WeakSetPrototypeAdd,
+    WeakSetPrototypeHas,
   } = primordials;
   const adopt = (Wrapper, Engine, statics) => {
     ObjectDefineProperty(Wrapper, "prototype", { value: Engine.prototype });
@@ -170,10 +189,64 @@ function limitWebAssemblyMemory(WA) {
         throw e;
       }
     };
+  // Memories whose `grow` is already ours.
+  const metered = new SafeWeakSet();
+  // A memory a module exports: the engine raises its maximum to fit any grow from JS, so
+  // the maximum (at most the function's limit) is checked here. `grow(0)` reads the size.
+  const boundGrow = (memory, most) => {
+    if (WeakSetPrototypeHas(metered, memory)) return;
+    WeakSetPrototypeAdd(metered, memory);
+    const engineGrow = memory.grow;
+    const grow = meteredGrow(engineGrow);
+    ObjectDefineProperty(memory, "grow", {
+      value: function grow_(delta) {
+        const pages = +delta;
+        if (!NumberIsInteger(pages) || pages < 0 || pages > 0xffffffff) {
+          throw new TypeError(`WebAssembly.Memory.grow(): ${delta} is not a page count`);
+        }
+        const size = FunctionPrototypeCall(engineGrow, this, 0);
+        if (size + pages > most) {
+          throw new RangeError(
+            `WebAssembly.Memory.grow(): growing ${size} pages by ${pages} exceeds the memory's maximum of ${most} pages`,
+          );
+        }
+        return FunctionPrototypeCall(grow, this, pages);
+      },
+      writable: true,
+      configurable: true,
+    });
+  };
+  // What each module exports of memories: [name, maximum pages or null].
+  const exportedMemories = new SafeWeakMap();
+  const clamp = (bytes) => {
+    const clamped = op_tern_wasm_clamp(bytes);
+    return [clamped, op_tern_wasm_exported_memories(clamped)];
+  };
+  const remember = (module, memories) => {
+    WeakMapPrototypeSet(exportedMemories, module, memories);
+    return module;
+  };
+  const bound = (instance, module) => {
+    const limit = op_tern_wasm_max_pages();
+    const exports = instance.exports;
+    // A module not compiled through these wrappers: every exported memory keeps to the limit.
+    const memories = WeakMapPrototypeGet(exportedMemories, module) ??
+      ArrayPrototypeMap(ObjectKeys(exports), (name) => [name, null]);
+    for (const { 0: name, 1: max } of memories) {
+      const memory = exports[name];
+      if (ObjectPrototypeIsPrototypeOf(EngineMemory.prototype, memory)) boundGrow(memory, MathMin(max ?? limit, limit));
+    }
+    return instance;
+  };
   WA.Module = adopt(function Module(bytes) {
     if (new.target === undefined) throw new TypeError("WebAssembly.Module must be called with new");
-    return new EngineModule(op_tern_wasm_clamp(bytes));
+    const { 0: clamped, 1: memories } = clamp(bytes);
+    return remember(new EngineModule(clamped), memories);
   }, EngineModule, ["exports", "imports", "customSections"]);
+  WA.Instance = adopt(function Instance(module, imports) {
+    if (new.target === undefined) throw new TypeError("WebAssembly.Instance must be called with new");
+    return bound(new EngineInstance(module, imports), module);
+  }, EngineInstance, []);
   WA.Memory = adopt(function Memory(descriptor) {
     if (new.target === undefined) throw new TypeError("WebAssembly.Memory must be called with new");
     const most = op_tern_wasm_max_pages();
@@ -183,23 +256,40 @@ function limitWebAssemblyMemory(WA) {
     }
     wanted.maximum = MathMin(wanted.maximum ?? most, most);
     const memory = new EngineMemory(wanted);
+    WeakSetPrototypeAdd(metered, memory);
     ObjectDefineProperty(memory, "grow", { value: meteredGrow(memory.grow) });
     return memory;
   }, EngineMemory, []);
   WA.compile = function compile_(bytes) {
     try {
-      return compile(op_tern_wasm_clamp(bytes));
+      const { 0: clamped, 1: memories } = clamp(bytes);
+      return PromisePrototypeThen(compile(clamped), (module) => remember(module, memories));
     } catch (e) {
       return PromiseReject(e);
     }
   };
   WA.instantiate = function instantiate_(source, imports) {
-    if (source instanceof EngineModule) return instantiate(source, imports);
+    if (source instanceof EngineModule) {
+      return PromisePrototypeThen(instantiate(source, imports), (instance) => bound(instance, source));
+    }
     try {
-      return instantiate(op_tern_wasm_clamp(source), imports);
+      const { 0: clamped, 1: memories } = clamp(source);
+      return PromisePrototypeThen(instantiate(clamped, imports), (result) => {
+        bound(result.instance, remember(result.module, memories));
+        return result;
+      });
     } catch (e) {
       return PromiseReject(e);
     }
+  };
+  // The streaming forms read the response whole and go through the wrappers above: the
+  // engine's own would compile the bytes unclamped.
+  const bytesOf = (source) => PromisePrototypeThen(PromiseResolve(source), (response) => response.arrayBuffer());
+  WA.compileStreaming = function compileStreaming(source) {
+    return PromisePrototypeThen(bytesOf(source), (bytes) => WA.compile(bytes));
+  };
+  WA.instantiateStreaming = function instantiateStreaming(source, imports) {
+    return PromisePrototypeThen(bytesOf(source), (bytes) => WA.instantiate(bytes, imports));
   };
 }
 if (globalThis.WebAssembly) limitWebAssemblyMemory(globalThis.WebAssembly);

@@ -89,6 +89,14 @@ fn op_tern_wasm_clamp(state: &mut OpState, #[anybuffer] module: &[u8]) -> Result
     wasm_limits::clamp_memories(module, cap).map_err(|e| JsErrorBox::new("CompileError", e))
 }
 
+/// `[name, maximum pages]` for each memory a module exports (maximum `null` if it has
+/// none); `module` has been through [`op_tern_wasm_clamp`].
+#[op2]
+#[serde]
+fn op_tern_wasm_exported_memories(#[anybuffer] module: &[u8]) -> Result<Vec<(String, Option<u64>)>, JsErrorBox> {
+    wasm_limits::exported_memory_maxima(module).map_err(|e| JsErrorBox::new("CompileError", e))
+}
+
 /// The bytes of a WASI function's main module, prepared for one instance serving every
 /// request ([`wasi::prepare_for_reuse`]); errors name the file.
 #[op2]
@@ -139,6 +147,7 @@ deno_core::extension!(
         exchange::op_tern_outbound_hops,
         op_tern_egress_policy,
         op_tern_wasm_clamp,
+        op_tern_wasm_exported_memories,
         op_tern_wasm_max_pages,
         op_tern_heap_exhausted,
         op_tern_wasi_module,

@@ -41,6 +41,48 @@ pub fn clamp_memories(module: &[u8], max_bytes: u64) -> Result<Vec<u8>, String> 
     reencode(&mut Clamp { max_pages: max_bytes / PAGE_BYTES }, module)
 }
 
+/// The maximum, in pages, of each memory `module` exports, by export name: the engine lets
+/// JS grow an exported memory past its maximum (`WebAssembly.Memory.prototype.grow`), so
+/// the global scope enforces it from here. A memory without a maximum has none (`None`).
+pub fn exported_memory_maxima(module: &[u8]) -> Result<Vec<(String, Option<u64>)>, String> {
+    use wasmparser::{ExternalKind, Payload, TypeRef};
+    let invalid = |e: wasmparser::BinaryReaderError| format!("invalid WebAssembly module: {e}");
+    let mut memories = Vec::new();
+    let mut exports = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(module) {
+        match payload.map_err(invalid)? {
+            Payload::ImportSection(section) => {
+                for import in section.into_imports() {
+                    if let TypeRef::Memory(memory) = import.map_err(invalid)?.ty {
+                        memories.push(memory.maximum);
+                    }
+                }
+            }
+            Payload::MemorySection(section) => {
+                for memory in section {
+                    memories.push(memory.map_err(invalid)?.maximum);
+                }
+            }
+            Payload::ExportSection(section) => {
+                for export in section {
+                    let export = export.map_err(invalid)?;
+                    if export.kind == ExternalKind::Memory {
+                        exports.push((export.name.to_string(), export.index as usize));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    exports
+        .into_iter()
+        .map(|(name, i)| match memories.get(i) {
+            Some(max) => Ok((name, *max)),
+            None => Err(format!("invalid WebAssembly module: export {name:?} names memory {i}, which does not exist")),
+        })
+        .collect()
+}
+
 /// `module` passed through `reencoder`; its own refusals come back as they are, anything
 /// else as "invalid WebAssembly module".
 pub(crate) fn reencode(reencoder: &mut impl Reencode<Error = String>, module: &[u8]) -> Result<Vec<u8>, String> {
@@ -56,7 +98,7 @@ pub(crate) fn reencode(reencoder: &mut impl Reencode<Error = String>, module: &[
 mod tests {
     use super::*;
 
-    /// (module (memory (export "m") 1) (func (export "grow") (result i32) grow until -1; memory.size))
+    /// (module (memory 1) (func (export "grow") (result i32) grow until -1; memory.size))
     const GROWER: &[u8] = &[
         0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, 1, 5, 1, 0x60, 0, 1, 0x7f, 3, 2, 1, 0, 5, 3, 1, 0, 1, 7, 8, 1, 4, 0x67, 0x72,
         0x6f, 0x77, 0, 0, 0x0a, 0x17, 1, 0x15, 0, 2, 0x40, 3, 0x40, 0x41, 0x10, 0x40, 0, 0x41, 0x7f, 0x46, 0x0d, 1,
@@ -80,6 +122,17 @@ mod tests {
         assert_eq!(memories(&clamped)[0].maximum, Some(2048));
         assert_eq!(memories(&clamped)[0].initial, 1);
         wasmparser::Validator::new().validate_all(&clamped).unwrap();
+    }
+
+    #[test]
+    fn exported_memories_are_named_with_their_clamped_maximum() {
+        /// (module (memory (export "mem") 1))
+        const EXPORTED: &[u8] = &[0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, 5, 3, 1, 0, 1, 7, 7, 1, 3, 0x6d, 0x65, 0x6d, 2, 0];
+        assert_eq!(exported_memory_maxima(GROWER).unwrap(), [], "GROWER exports no memory");
+        assert_eq!(exported_memory_maxima(EXPORTED).unwrap(), [("mem".to_string(), None)]);
+        let clamped = clamp_memories(EXPORTED, 1 << 20).unwrap();
+        assert_eq!(exported_memory_maxima(&clamped).unwrap(), [("mem".to_string(), Some(16))]);
+        assert!(exported_memory_maxima(b"not wasm").unwrap_err().contains("invalid WebAssembly module"));
     }
 
     #[test]
