@@ -76,6 +76,24 @@ fn a_broken_manifest_stops_startup_with_the_reason() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/fn"));
 }
 
+/// The path's error printed its cause in its message and again as its source: every
+/// startup error said the same thing twice in one line.
+#[test]
+fn bug_a_startup_error_said_its_reason_twice() {
+    let p =
+        Project::with_manifest("name = \"fine\"\nmain = \"index.js\"\n[limits]\nmemory_mib = 2\n", &[("index.js", "")]);
+    let out = Command::new(env!("CARGO_BIN_EXE_tern")).args(["dev", "--port", "0"]).arg(p.path()).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("memory_mib = 2 is out of range").count(), 1, "{stderr}");
+    assert!(stderr.contains("it must be between 8 and 1024"), "{stderr}");
+
+    let missing = Command::new(env!("CARGO_BIN_EXE_tern")).args(["dev", "/nonexistent/fn"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(stderr.matches("/nonexistent/fn").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+}
+
 /// The engine leaks memory with every isolate it creates and destroys, and fails after a
 /// few dozen of them in one process (with the Web API extensions loaded). `tern dev` used to
 /// reload in place: after about 50 saves isolates stopped booting and the process

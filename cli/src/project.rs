@@ -18,12 +18,14 @@ const SKIPPED_DIRS: [&str; 3] = ["node_modules", "target", ".git"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {source}")]
-    Manifest { path: PathBuf, source: ManifestError },
-    #[error("{path}: {source}")]
-    Bundle { path: PathBuf, source: BundleError },
+    // The cause is part of the message, not also a `source`: printed as a chain (`{:#}`),
+    // it said the same thing twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{path}: {error}")]
+    Manifest { path: PathBuf, error: ManifestError },
+    #[error("{path}: {error}")]
+    Bundle { path: PathBuf, error: BundleError },
     #[error("{path}: a function is a folder with tern.toml, or a .js/.mjs file")]
     NotAProject { path: PathBuf },
     #[error("{path}: the project is larger than {MAX_BUNDLE_BYTES} bytes")]
@@ -31,7 +33,7 @@ pub enum ProjectError {
 }
 
 pub fn load(path: &Path) -> Result<Bundle, ProjectError> {
-    let io = |source| ProjectError::Io { path: path.to_path_buf(), source };
+    let io = |error| ProjectError::Io { path: path.to_path_buf(), error };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.is_dir() { load_folder(path) } else { load_file(path) }
 }
@@ -51,31 +53,31 @@ fn load_file(path: &Path) -> Result<Bundle, ProjectError> {
         .to_string();
     let name = if name.is_empty() { "function".to_string() } else { name };
     let manifest = Manifest::for_single_file(&name, file_name)
-        .map_err(|source| ProjectError::Manifest { path: path.to_path_buf(), source })?;
-    let bytes = std::fs::read(path).map_err(|source| ProjectError::Io { path: path.to_path_buf(), source })?;
+        .map_err(|error| ProjectError::Manifest { path: path.to_path_buf(), error })?;
+    let bytes = std::fs::read(path).map_err(|error| ProjectError::Io { path: path.to_path_buf(), error })?;
     Bundle::new(manifest, [(file_name.to_string(), bytes)])
-        .map_err(|source| ProjectError::Bundle { path: path.to_path_buf(), source })
+        .map_err(|error| ProjectError::Bundle { path: path.to_path_buf(), error })
 }
 
 fn load_folder(root: &Path) -> Result<Bundle, ProjectError> {
     let manifest_path = root.join("tern.toml");
     let text = std::fs::read_to_string(&manifest_path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => ProjectError::NotAProject { path: root.to_path_buf() },
-        _ => ProjectError::Io { path: manifest_path.clone(), source },
+        _ => ProjectError::Io { path: manifest_path.clone(), error: source },
     })?;
     let manifest =
-        Manifest::parse(&text).map_err(|source| ProjectError::Manifest { path: manifest_path.clone(), source })?;
+        Manifest::parse(&text).map_err(|error| ProjectError::Manifest { path: manifest_path.clone(), error })?;
     let mut files = Vec::new();
     let mut total = 0u64;
     collect(root, root, &mut files, &mut total)?;
     collect_packages(root, &mut files, &mut total)?;
-    Bundle::new(manifest, files).map_err(|source| ProjectError::Bundle { path: root.to_path_buf(), source })
+    Bundle::new(manifest, files).map_err(|error| ProjectError::Bundle { path: root.to_path_buf(), error })
 }
 
 fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, Vec<u8>)>, total: &mut u64) -> Result<(), ProjectError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| ProjectError::Io { path, source }
+        move |error| ProjectError::Io { path, error }
     };
     let mut entries = std::fs::read_dir(dir).map_err(io(dir))?.collect::<Result<Vec<_>, _>>().map_err(io(dir))?;
     entries.sort_by_key(|e| e.file_name());
@@ -112,7 +114,7 @@ fn dependencies(dir: &Path) -> Result<Vec<String>, ProjectError> {
     };
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ProjectError::Io {
         path: path.clone(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        error: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
     })?;
     Ok(json.get("dependencies").and_then(|d| d.as_object()).map(|d| d.keys().cloned().collect()).unwrap_or_default())
 }

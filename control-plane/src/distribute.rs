@@ -18,11 +18,11 @@ use tern_distribution::serve::{Ended, accept, answer_fetches};
 
 #[derive(Debug, thiserror::Error)]
 enum DistributionError {
-    #[error("{0}")]
+    #[error(transparent)]
     Connection(#[from] quinn::ConnectionError),
-    #[error("{0}")]
+    #[error(transparent)]
     Stream(#[from] StreamError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("refused: {0}")]
     Refused(String),

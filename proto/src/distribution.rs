@@ -237,7 +237,7 @@ pub enum FrameError {
     #[error("a frame of {0} bytes is larger than the {MAX_FRAME_BYTES} allowed")]
     TooLarge(usize),
     #[error("a frame is not valid JSON for this message: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
 }
 
 /// `message` as one frame.
@@ -256,7 +256,7 @@ pub fn frame_length(prefix: [u8; 4]) -> Result<usize, FrameError> {
 }
 
 pub fn decode_frame<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
-    Ok(serde_json::from_slice(body)?)
+    serde_json::from_slice(body).map_err(FrameError::Json)
 }
 
 #[cfg(test)]

@@ -91,8 +91,10 @@ pub enum ManifestError {
     BadMain(String),
     #[error("tern.toml: compatibility_date {0:?} must be a date written YYYY-MM-DD")]
     BadDate(String),
+    // Not a `#[from]` source: the message holds it already, and printed as a chain it
+    // would say it twice.
     #[error("tern.toml: {0}")]
-    BadRoute(#[from] RoutePatternError),
+    BadRoute(RoutePatternError),
     #[error("tern.toml: [vars] {0}: {1}")]
     BadVar(String, String),
     #[error(transparent)]
@@ -101,6 +103,12 @@ pub enum ManifestError {
     BadEgress(String),
     #[error("tern.toml: [placement] {0}")]
     BadPlacement(String),
+}
+
+impl From<RoutePatternError> for ManifestError {
+    fn from(e: RoutePatternError) -> Self {
+        Self::BadRoute(e)
+    }
 }
 
 impl Manifest {

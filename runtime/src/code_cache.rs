@@ -36,11 +36,11 @@ const KEY_FILE: &str = "salt.key";
 static KEY: OnceLock<hmac::Key> = OnceLock::new();
 
 #[derive(Debug, thiserror::Error)]
-#[error("code cache {dir}: {what}: {source} (set {DIR_VAR} to a writable directory)")]
+#[error("code cache {dir}: {what}: {error} (set {DIR_VAR} to a writable directory)")]
 pub struct CodeCacheError {
     dir: PathBuf,
     what: &'static str,
-    source: std::io::Error,
+    error: std::io::Error,
 }
 
 /// `$TERN_CODE_CACHE_DIR`, else `$XDG_CACHE_HOME/tern/bytecode-<version>` (or under
@@ -61,7 +61,7 @@ pub fn default_dir() -> PathBuf {
 /// in a process that will run isolates, before any other thread exists: it sets an
 /// environment variable the engine reads when it first compiles.
 pub fn install(dir: &Path) -> Result<(), CodeCacheError> {
-    let err = |what| move |source| CodeCacheError { dir: dir.to_owned(), what, source };
+    let err = |what| move |error| CodeCacheError { dir: dir.to_owned(), what, error };
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err("cannot create it"))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err("cannot restrict it"))?;
     let key = load_or_create_key(dir).map_err(err("cannot read or create its key"))?;

@@ -118,7 +118,7 @@ struct Binding {
 
 #[derive(Debug, thiserror::Error)]
 #[error("could not start the isolate spawner thread: {0}")]
-pub struct StartError(#[from] std::io::Error);
+pub struct StartError(std::io::Error);
 
 impl Isolates {
     /// Starts the warm pool's spawner; isolates come and go with their functions.
@@ -152,7 +152,10 @@ impl Isolates {
         let weak = Arc::downgrade(&shared);
         // The spawner fills the pool on its first tick, so that the process's first
         // isolates (booted on demand) do not compete with it for the CPU.
-        std::thread::Builder::new().name("tern-spawner".into()).spawn(move || spawner(weak, wanted))?;
+        std::thread::Builder::new()
+            .name("tern-spawner".into())
+            .spawn(move || spawner(weak, wanted))
+            .map_err(StartError)?;
         Ok(Self { shared })
     }
 
