@@ -457,6 +457,8 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if matches!(cli.command, Command::Serve { .. } | Command::IsolateHost { .. } | Command::Node { .. }) {
+        // Before any thread starts: every thread of a serving role inherits it.
+        tern_runtime::priority::serving_process();
         // Roles that run isolates own the engine's code cache; before any thread starts.
         tern_runtime::code_cache::install(&tern_runtime::code_cache::default_dir())?;
     }

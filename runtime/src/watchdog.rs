@@ -27,6 +27,7 @@ pub fn watch(tripwire: &Arc<Tripwire>) {
 }
 
 fn run() {
+    crate::priority::prompt_thread();
     loop {
         std::thread::sleep(CHECK_INTERVAL);
         let Some(list) = WATCHED.get() else { continue };
