@@ -189,7 +189,7 @@ async fn a_corrupted_bundle_on_a_nodes_disk_is_never_served_and_is_fetched_again
     node.restart();
     let answer = ask(&node, "f.localhost", "/").await;
     assert_eq!(answer.status, 404, "the tampered function is not served: {}", answer.text);
-    assert!(node.output().contains("does not match its id"), "the node says why:\n{}", node.output());
+    assert!(node.wait_for_output("does not match its id").await, "the node says why:\n{}", node.output());
 
     cp.restart();
     eventually_serves(&node, "f.localhost", "genuine").await;
@@ -219,7 +219,7 @@ async fn a_bundle_signed_by_another_control_plane_is_refused(backend: Backend) {
     node.restart();
     let answer = ask(&node, "f.localhost", "/").await;
     assert_eq!(answer.status, 404, "{}", answer.text);
-    assert!(node.output().contains("signature is not valid"), "the node says why:\n{}", node.output());
+    assert!(node.wait_for_output("signature is not valid").await, "the node says why:\n{}", node.output());
 }
 
 /// `tern node` arguments for `name`, enrolling with `token`.
