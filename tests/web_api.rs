@@ -98,3 +98,22 @@ async fn wpt_url_conformance() {
         check_expectations(suite, total, &failures);
     }
 }
+
+/// Every isolate is restored from one startup snapshot (runtime/build.rs); random state
+/// baked into it would make every function's `Math.random()` (and deno_fetch's multipart
+/// boundaries, drawn from the same generator) repeat the same sequence.
+#[tokio::test]
+async fn isolates_restored_from_the_startup_snapshot_draw_different_random_numbers() {
+    let code = r#"export default { async fetch() {
+        const boundary = new Response(new FormData()).headers.get("content-type");
+        return Response.json({ random: [Math.random(), Math.random()], boundary, uuid: crypto.randomUUID() });
+    } };"#;
+    let (a, b) = (Project::new("dice-a", &[("index.js", code)]), Project::new("dice-b", &[("index.js", code)]));
+    let tern = Tern::dev(&[a.path(), b.path()]);
+    let (x, y) = (get(&tern, "dice-a.localhost", "/").await, get(&tern, "dice-b.localhost", "/").await);
+    assert_eq!((x.status, y.status), (200, 200), "{} {}", x.text, y.text);
+    let (x, y) = (x.json(), y.json());
+    for what in ["random", "boundary", "uuid"] {
+        assert_ne!(x[what], y[what], "two isolates drew the same {what}: {x} {y}");
+    }
+}

@@ -8,6 +8,7 @@ import {
   op_tern_log,
   op_tern_module_bytes,
   op_tern_outbound_hops,
+  op_tern_register_serve,
   op_tern_wasm_clamp,
   op_tern_wasm_exported_memories,
   op_tern_wasm_max_pages,
@@ -292,7 +293,6 @@ function limitWebAssemblyMemory(WA) {
     return PromisePrototypeThen(bytesOf(source), (bytes) => WA.instantiate(bytes, imports));
   };
 }
-if (globalThis.WebAssembly) limitWebAssemblyMemory(globalThis.WebAssembly);
 
 core.setReportExceptionCallback((e) => reportUncaught("in microtask", e));
 core.setUnhandledPromiseRejectionHandler((_promise, reason) => {
@@ -400,16 +400,37 @@ ObjectDefineProperties(globalThis, {
   self: getter(() => globalThis),
   __ternModuleBytes: { value: moduleBytes, writable: false, enumerable: false, configurable: false },
 });
-performance.setTimeOrigin();
 
 // The global object is an EventTarget (addEventListener("fetch", ...) for service workers).
 ObjectSetPrototypeOf(globalThis, globalInterfaces.WorkerGlobalScope.prototype);
 event.setEventTargetData(globalThis);
 event.saveGlobalThisReference(globalThis);
 
-installHandlerProtocol({ streams, request, response, body: load("ext:deno_fetch/22_body.js"), reportUncaught });
+const serve = installHandlerProtocol({
+  streams,
+  request,
+  response,
+  body: load("ext:deno_fetch/22_body.js"),
+  reportUncaught,
+});
 
-// User code sees the web platform, not the host: no Deno namespace, no bootstrap internals.
-delete globalThis.Deno;
-delete globalThis.__bootstrap;
+// Everything above may run at build time, into the startup snapshot isolates are restored
+// from (runtime/build.rs). What belongs to one isolate's life is done here instead, once,
+// by the runtime right after boot: the Rust side learns the handler protocol's entry, the
+// clock's origin is now, and user code sees the web platform, not the host (no Deno
+// namespace, no bootstrap internals; deno_core reads `Deno.core` while it restores). The
+// WebAssembly wrappers are installed here too: they keep the prototypes of the engine's
+// WebAssembly constructors, and this engine makes those prototypes anew when it restores a
+// snapshot, so prototypes kept from before it are stale copies: every `instanceof` check in
+// the wrappers failed and exported memories went unguarded.
+const FINISH_BOOT = SymbolFor("tern.finishBoot");
+function finishBoot() {
+  delete globalThis[FINISH_BOOT];
+  op_tern_register_serve(serve);
+  performance.setTimeOrigin();
+  if (globalThis.WebAssembly) limitWebAssemblyMemory(globalThis.WebAssembly);
+  delete globalThis.Deno;
+  delete globalThis.__bootstrap;
+}
+ObjectDefineProperty(globalThis, FINISH_BOOT, { value: finishBoot, configurable: true });
 ObjectDefineProperty(globalThis, SymbolFor("tern.bootstrapped"), value(true));

@@ -11,7 +11,6 @@ import {
   op_tern_env,
   op_tern_fail,
   op_tern_next_request,
-  op_tern_register_serve,
   op_tern_respond,
   op_tern_respond_stream,
   op_tern_respond_text,
@@ -388,5 +387,5 @@ export function installHandlerProtocol({ streams, request, response, body, repor
       }
     })();
   }
-  op_tern_register_serve(serve);
+  return serve;
 }

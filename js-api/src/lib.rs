@@ -34,6 +34,13 @@ pub const RUNTIME_MODULES: &[&str] = &["cloudflare:workers"];
 /// `eval`: replaces every way to compile code from a string with a thrower.
 pub const REFUSE_CODE_GENERATION: &str = include_str!("../js/refuse_codegen.js");
 
+/// Script the runtime runs once in every isolate right after boot, whether the isolate was
+/// restored from a startup snapshot or evaluated its global scope from source: it does what
+/// belongs to this isolate rather than to the snapshot (registers the handler protocol's
+/// entry, starts `performance`'s clock, hides `Deno` and the bootstrap internals; see the
+/// end of `js/00_global_scope.js`).
+pub const FINISH_BOOT: &str = "globalThis[Symbol.for('tern.finishBoot')]();";
+
 /// Read access to the bytes of the function's own modules (`.wasm`, `.bin` imports).
 pub trait ModuleBytes {
     fn bytes(&self, path: &str) -> Option<Arc<[u8]>>;

@@ -154,9 +154,11 @@ fn main() {
     let boots: Vec<Duration> = (0..20)
         .map(|_| {
             std::thread::spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
                 let start = Instant::now();
-                let isolate =
-                    WarmIsolate::boot(&Egress::default(), IsolateConfig::default().pool_shape()).expect("boot");
+                let isolate = rt
+                    .block_on(WarmIsolate::boot(&Egress::default(), IsolateConfig::default().pool_shape()))
+                    .expect("boot");
                 let took = start.elapsed();
                 drop(isolate);
                 took

@@ -78,6 +78,11 @@ fn percent_decode(s: &str) -> Option<String> {
 /// Why a specifier with a URL scheme (`node:fs`, `https://…`, `ext:core/ops`) cannot be
 /// imported; None for bare package names and paths, which never hold a scheme (npm package
 /// names have no colon).
+/// The empty module every isolate evaluates at boot (`isolate::warm_up_modules`), before
+/// its loader is bound to a function. Once it is, the module's scheme is refused like any
+/// other, so no function can import it.
+pub(crate) const WARM_UP_MODULE: &str = "tern:warm-up";
+
 fn refused_scheme(specifier: &str) -> Option<&'static str> {
     let (scheme, _) = specifier.split_once(':')?;
     let is_scheme = scheme.len() > 1
@@ -103,7 +108,7 @@ impl ModuleLoader for BundleModuleLoader {
         if is_path || specifier.starts_with(MODULE_ROOT) {
             return deno_core::resolve_import(specifier, referrer).map_err(JsErrorBox::from_err);
         }
-        if RUNTIME_MODULES.contains(&specifier) {
+        if RUNTIME_MODULES.contains(&specifier) || (specifier == WARM_UP_MODULE && self.bundle.get().is_none()) {
             return ModuleSpecifier::parse(specifier).map_err(JsErrorBox::from_err);
         }
         let from = display_specifier(referrer);
@@ -276,6 +281,18 @@ mod tests {
         }
         assert_eq!(refused_scheme("@scope/pkg"), None);
         assert_eq!(refused_scheme("hono/jsx"), None);
+    }
+
+    #[test]
+    fn no_function_can_import_the_module_isolates_warm_up_with() {
+        let loader = BundleModuleLoader::default();
+        let root = loader.resolve(WARM_UP_MODULE, ".", ResolutionKind::MainModule).unwrap();
+        assert_eq!(root.as_str(), WARM_UP_MODULE, "the isolate loads it at boot, before a function is bound");
+        loader.bind(bundle());
+        for kind in [ResolutionKind::Import, ResolutionKind::DynamicImport] {
+            let e = loader.resolve(WARM_UP_MODULE, "file:///src/index.js", kind).unwrap_err().to_string();
+            assert!(e.contains("only the function's own files"), "{e}");
+        }
     }
 
     #[test]

@@ -324,7 +324,7 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
             Start::Warm { .. } => shared.config.pool_shape(),
             Start::Cold(binding) => Shape::of(&binding.bundle),
         };
-        let booted = WarmIsolate::boot(&shared.config.egress, shape);
+        let booted = WarmIsolate::boot(&shared.config.egress, shape).await;
         if booted.is_ok() {
             shared.stats.boots.inc();
         }

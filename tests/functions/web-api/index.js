@@ -17,6 +17,8 @@ const checks = {
     ];
     eq(names.filter((n) => globalThis[n] === undefined), [], "missing globals");
     eq(typeof Deno, "undefined", "Deno namespace hidden");
+    eq(typeof __bootstrap, "undefined", "bootstrap internals hidden");
+    eq(Object.getOwnPropertySymbols(globalThis).map(String).filter((s) => s.includes("finishBoot")), [], "boot step gone");
     eq(self === globalThis, true, "self");
   },
   async url() {
@@ -116,6 +118,10 @@ const checks = {
   async platform() {
     const t0 = performance.now();
     eq(typeof t0 === "number" && t0 >= 0, true, "performance.now");
+    // The clock starts when this isolate boots, not when its startup snapshot was built: the
+    // two clocks agree (hr-time: timeOrigin + now() is the current time).
+    const skew = Math.abs(performance.timeOrigin + performance.now() - Date.now());
+    eq(skew < 1000, true, `performance.timeOrigin + now() is Date.now() (off by ${skew} ms)`);
     eq(navigator.userAgent.startsWith("Tern/"), true, "navigator.userAgent");
     console.log("console works", { n: 1 });
     console.error("console error works");
