@@ -75,14 +75,14 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Why a specifier with a URL scheme (`node:fs`, `https://…`, `ext:core/ops`) cannot be
-/// imported; None for bare package names and paths, which never hold a scheme (npm package
-/// names have no colon).
 /// The empty module every isolate evaluates at boot (`isolate::warm_up_modules`), before
 /// its loader is bound to a function. Once it is, the module's scheme is refused like any
 /// other, so no function can import it.
 pub(crate) const WARM_UP_MODULE: &str = "tern:warm-up";
 
+/// Why a specifier with a URL scheme (`node:fs`, `https://…`, `ext:core/ops`) cannot be
+/// imported; None for bare package names and paths, which never hold a scheme (npm package
+/// names have no colon).
 fn refused_scheme(specifier: &str) -> Option<&'static str> {
     let (scheme, _) = specifier.split_once(':')?;
     let is_scheme = scheme.len() > 1

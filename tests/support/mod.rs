@@ -97,14 +97,7 @@ impl Tern {
 
     /// Waits until the output contains `needle`; false after [`PATIENCE`].
     pub async fn wait_for_output(&self, needle: &str) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < PATIENCE {
-            if self.output().contains(needle) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        false
+        output_comes(&self.output, needle).await
     }
 
     /// The JSON log lines (stderr) as values.
@@ -177,6 +170,20 @@ impl Project {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Waits (at most [`PATIENCE`]) until a child's captured output contains `needle`. The
+/// output is read on a thread of its own, so a line the child wrote before answering on a
+/// socket may not have been read yet when the answer arrives.
+pub async fn output_comes(output: &Mutex<String>, needle: &str) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < PATIENCE {
+        if output.lock().unwrap().contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
 }
 
 pub fn repo_root() -> PathBuf {

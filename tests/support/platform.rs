@@ -239,18 +239,9 @@ impl Node {
         self.output.lock().unwrap().clone()
     }
 
-    /// Waits (at most [`PATIENCE`]) until the node's log contains `needle`. Its log (stderr)
-    /// is read on a thread of its own, so a line written before an answer on the socket may
-    /// not have been read yet when the answer arrives.
+    /// Waits (at most [`PATIENCE`]) until the node's log contains `needle`.
     pub async fn wait_for_output(&self, needle: &str) -> bool {
-        let start = std::time::Instant::now();
-        while start.elapsed() < PATIENCE {
-            if self.output().contains(needle) {
-                return true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
-        false
+        super::output_comes(&self.output, needle).await
     }
 }
 
