@@ -6,13 +6,15 @@ isolate host processes) over many isolate create/evict cycles.
 
 `tern dev` runs with one isolate host, a memory budget of two isolates and FUNCTIONS
 functions (default 8); requesting them round-robin makes every request evict one isolate
-and boot another: one cycle. Hosts are replaced after RECYCLE_AFTER boots (default 200).
+and boot another: one cycle. Hosts are replaced once RECYCLE_AFTER isolates have ended in
+them (default 100).
 Samples the RSS of the node (all its processes) every 50 cycles. Within one host's life
 RSS climbs with every isolate (the engine's leak) and drops when the host is replaced, so
 growth is measured peak to peak: the highest RSS of the second half of the run against the
 first half's, per 1,000 cycles, against PERFORMANCE.md's churn budget (under 1 MiB per
-1,000 cycles). Also prints whether every request was answered. Each cycle boots an isolate (~45 ms of CPU here), so
-the issue's 100,000 cycles take over an hour: `benches/churn.py 100000`.
+1,000 cycles). Also prints whether every request was answered. Each cycle boots an isolate
+(about 9 ms of CPU here since the startup snapshot), so the issue's 100,000 cycles take
+some minutes: `benches/churn.py 100000`.
 """
 import argparse
 import http.client
@@ -124,7 +126,7 @@ def main():
     per_1000 = (second - first) / 1024 / (args.cycles / 2) * 1000
     verdict = "ok" if per_1000 < 1 else "MISSED"
     print(f"churn: {args.cycles} create/evict cycles in {elapsed:.0f} s ({args.cycles / elapsed:.0f}/s), "
-          f"hosts replaced every {args.recycle_after} boots")
+          f"hosts replaced every {args.recycle_after} isolates ended")
     print(f"  node RSS (server + hosts): {start_rss / 1024:.1f} MiB after start; peak {first / 1024:.1f} MiB "
           f"in the first half, {second / 1024:.1f} MiB in the second: {per_1000:+.2f} MiB per 1,000 cycles"
           f"   budget < 1   {verdict}")

@@ -173,6 +173,10 @@ enum Command {
         /// new requests only when every other node is full too).
         #[arg(long, value_name = "N")]
         max_in_flight: Option<u64>,
+        /// Serve the admin endpoint (`/metrics` in Prometheus text, `/healthz`) on this
+        /// address, e.g. `127.0.0.1:9787`; keep it off the public network.
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<std::net::SocketAddr>,
         #[command(flatten)]
         isolates: IsolateArgs,
     },
@@ -381,13 +385,17 @@ pub struct IsolateArgs {
     /// refused.
     #[arg(long)]
     pub allow_loopback: bool,
-    /// Run isolates in this many isolate host processes (0: in the server process).
-    #[arg(long, default_value_t = 0)]
-    pub isolate_hosts: usize,
-    /// Replace an isolate host after it has booted this many isolates.
-    #[arg(long, default_value_t = 100)]
+    /// Run isolates in this many isolate host processes, which the node replaces before the
+    /// engine's leak adds up and restarts when they crash (0: in the serving process itself).
+    /// Default: one per CPU core for `tern node`, 0 for `tern dev`.
+    #[arg(long, value_name = "N")]
+    pub isolate_hosts: Option<usize>,
+    /// Replace an isolate host once this many of its isolates have ended (evicted, killed,
+    /// or replaced by a new version): the engine leaks about 2 MiB with each.
+    #[arg(long, value_name = "N", default_value_t = 100)]
     pub host_recycle_after: u64,
-    /// Evict isolates (least recently used) beyond this estimated memory.
+    /// Evict isolates (least recently used) beyond this estimated memory, all isolate hosts
+    /// together.
     #[arg(long, default_value_t = 4096)]
     pub isolate_memory_budget_mib: u64,
     /// Memory for the Cache API's stored responses (`caches.default`), all functions
@@ -400,16 +408,23 @@ impl IsolateArgs {
     /// The same flags, for a child `tern serve`.
     pub fn to_args(&self) -> Vec<String> {
         let mut args = vec![
-            format!("--isolate-hosts={}", self.isolate_hosts),
             format!("--host-recycle-after={}", self.host_recycle_after),
             format!("--isolate-memory-budget-mib={}", self.isolate_memory_budget_mib),
             format!("--cache-memory-mib={}", self.cache_memory_mib),
         ];
+        if let Some(hosts) = self.isolate_hosts {
+            args.push(format!("--isolate-hosts={hosts}"));
+        }
         if self.allow_loopback {
             args.push("--allow-loopback".into());
         }
         args
     }
+}
+
+/// One isolate host per CPU core: what `tern node` runs when not told.
+pub fn default_isolate_hosts() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// `250ms`, `10s`: a duration with its unit.
@@ -531,6 +546,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             header_read_timeout,
             trusted_proxies,
             max_in_flight,
+            admin_listen,
             isolates,
         } => {
             let limits = tern_edge_node::ServerLimits { header_read_timeout, ..Default::default() };
@@ -551,6 +567,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 limits,
                 trusted_proxies,
                 max_in_flight,
+                admin_listen,
                 log_format,
             }))
         }

@@ -35,14 +35,17 @@ pub struct NodeOptions {
     pub limits: ServerLimits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub max_in_flight: Option<u64>,
+    pub admin_listen: Option<std::net::SocketAddr>,
     pub log_format: &'static str,
 }
 
 pub async fn run(options: NodeOptions) -> anyhow::Result<()> {
     let data = options.data.clone().unwrap_or_else(|| default_data_dir(&format!("node-{}", options.name)));
     std::fs::create_dir_all(&data).with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    let hosts = options.isolates.isolate_hosts.unwrap_or_else(crate::default_isolate_hosts);
     let backend =
-        crate::serve::backend(&options.isolates, &options.ca_certs, options.warm_pool, options.log_format).await?;
+        crate::serve::backend(&options.isolates, hosts, &options.ca_certs, options.warm_pool, options.log_format)
+            .await?;
     let edge = EdgeIdentity {
         colo: Some(options.region.clone()),
         trusted_proxies: options.trusted_proxies.clone(),
@@ -75,6 +78,13 @@ pub async fn run(options: NodeOptions) -> anyhow::Result<()> {
         result = &mut agent => return finished(result),
     }
     let serving = tern_edge_node::server::listen_on(&node, listener).context("cannot serve")?;
+    if let Some(admin) = options.admin_listen {
+        let admin = tokio::net::TcpListener::bind(admin)
+            .await
+            .with_context(|| format!("cannot serve the admin endpoint on {admin}"))?;
+        println!("tern node {}: admin endpoint on http://{}", options.name, admin.local_addr()?);
+        tokio::spawn(tern_edge_node::metrics::serve_admin(node.metrics().clone(), admin));
+    }
     println!("tern node {}: serving on http://{addr}", options.name);
     let mut terminate = signal(SignalKind::terminate())?;
     tokio::select! {

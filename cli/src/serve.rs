@@ -62,7 +62,8 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
         bundles.push(Arc::new(project::load(path)?));
     }
     let fallback = options.fallback.then(|| bundles[0].name().to_string());
-    let backend = backend(&options.isolates, &options.ca_certs, options.warm_pool, options.log_format).await?;
+    let hosts = options.isolates.isolate_hosts.unwrap_or(0);
+    let backend = backend(&options.isolates, hosts, &options.ca_certs, options.warm_pool, options.log_format).await?;
     let node = Arc::new(EdgeNode::new(backend, ErrorDetail::Expose, options.limits));
     node.set_routes(RouteTable::new(bundles, fallback.as_deref())).await;
     let serving = tern_edge_node::server::listen_on(&node, listener).context("cannot serve the inherited socket")?;
@@ -96,14 +97,16 @@ pub async fn run(options: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where the process's isolates run: in it, or in isolate host processes it starts.
+/// Where the process's isolates run: in it (`hosts` 0), or in `hosts` isolate host
+/// processes it starts, which share the isolates' memory budget.
 pub async fn backend(
     isolates: &crate::IsolateArgs,
+    hosts: usize,
     ca_certs: &[PathBuf],
     warm_pool: usize,
     log_format: &'static str,
 ) -> anyhow::Result<Backend> {
-    if isolates.isolate_hosts == 0 {
+    if hosts == 0 {
         let egress = Egress { policy: egress_policy(isolates.allow_loopback), roots: trusted_roots(ca_certs)? };
         return Ok(Backend::InProcess(Isolates::start(IsolateConfig {
             egress,
@@ -116,7 +119,8 @@ pub async fn backend(
     trusted_roots(ca_certs)?;
     let mut args: Vec<String> = vec!["--log-format".into(), log_format.into(), "isolate-host".into()];
     args.extend(["--warm-pool".into(), warm_pool.to_string()]);
-    args.extend(["--memory-budget-mib".into(), isolates.isolate_memory_budget_mib.to_string()]);
+    let budget_per_host = (isolates.isolate_memory_budget_mib / hosts as u64).max(1);
+    args.extend(["--memory-budget-mib".into(), budget_per_host.to_string()]);
     args.extend(["--cache-memory-mib".into(), isolates.cache_memory_mib.to_string()]);
     if isolates.allow_loopback {
         args.push("--allow-loopback".into());
@@ -125,7 +129,7 @@ pub async fn backend(
         args.extend(["--ca-cert".into(), ca.display().to_string()]);
     }
     let config = HostConfig {
-        count: isolates.isolate_hosts,
+        count: hosts,
         recycle_after: isolates.host_recycle_after,
         program: std::env::current_exe().context("cannot find the tern executable")?,
         args,

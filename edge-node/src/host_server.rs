@@ -3,12 +3,15 @@
 //!
 //! - `PUT /bundles/{id}`: a bundle in wire form, checked against its id, kept by id.
 //! - `POST /prepare/{id}`: boots the bundle's isolate; answers once it is ready.
+//! - `GET /serving`: the bundle ids that have an isolate serving now, one per line (the
+//!   node warms a replacement host with them).
+//! - `GET /stats`: the runtime's figures as a JSON [`StatsSnapshot`].
 //! - anything else: one exchange for the function named by `tern-bundle`, with the
 //!   request's own method, headers and streaming body; `tern-url`, `tern-request-id` and
 //!   `tern-hops` carry what the node knows. The answer is the function's response, or a
 //!   failure as `tern-failure: CODE` with the detail as body. Every answer carries
-//!   `tern-host-boots`, the isolates this process has booted, so the node knows when to
-//!   replace it.
+//!   `tern-host-ended`, the isolates that have ended in this process (each leaves the
+//!   engine's leak behind), and `tern-host-stuck`, so the node knows when to replace it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,12 +27,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tern_js_api::exchange::{BoxError, Exchange, Reply, RequestId, StreamAborted};
 use tern_proto::{Bundle, BundleId};
 use tern_runtime::Isolates;
+use tern_runtime::stats::StatsSnapshot;
 
 pub const BUNDLE_HEADER: &str = "tern-bundle";
 pub const URL_HEADER: &str = "tern-url";
 pub const REQUEST_ID_HEADER: &str = "tern-request-id";
 pub const FAILURE_HEADER: &str = "tern-failure";
-pub const BOOTS_HEADER: &str = "tern-host-boots";
+pub const ENDED_HEADER: &str = "tern-host-ended";
 /// On every response: how many of the host's isolates are stuck (JS that went on after
 /// termination, on a thread that cannot be stopped); the node replaces a host that has one.
 pub const STUCK_HEADER: &str = "tern-host-stuck";
@@ -72,13 +76,24 @@ fn failure(code: &str, detail: String) -> Response<HostBody> {
 async fn handle(state: &HostState, req: Request<Incoming>) -> Response<HostBody> {
     let mut response = route(state, req).await;
     let stats = state.isolates.stats();
-    response.headers_mut().insert(BOOTS_HEADER, http::HeaderValue::from(stats.boots.get()));
+    response.headers_mut().insert(ENDED_HEADER, http::HeaderValue::from(stats.ended_isolates.get()));
     response.headers_mut().insert(STUCK_HEADER, http::HeaderValue::from(stats.stuck_isolates.get()));
     response
 }
 
 async fn route(state: &HostState, req: Request<Incoming>) -> Response<HostBody> {
     let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&http::Method::GET, "/stats") => {
+            let snapshot: StatsSnapshot = state.isolates.stats().snapshot();
+            return plain(StatusCode::OK, serde_json::to_string(&snapshot).unwrap_or_default());
+        }
+        (&http::Method::GET, "/serving") => {
+            let ids: Vec<String> = state.isolates.serving().iter().map(ToString::to_string).collect();
+            return plain(StatusCode::OK, ids.join("\n"));
+        }
+        _ => {}
+    }
     if let Some(id) = path.strip_prefix("/bundles/") {
         let Ok(id) = id.parse::<BundleId>() else {
             return plain(StatusCode::BAD_REQUEST, format!("{id:?} is not a bundle id"));

@@ -3,15 +3,26 @@
 //! is the other side), and replaces them.
 //!
 //! Why: the engine leaks about 2 MiB per isolate created and dropped, and a crash in it
-//! would take the node down. So a host that has booted [`HostConfig::recycle_after`]
-//! isolates, or that holds a stuck isolate (JS that went on after termination, on a thread
-//! only ending the process stops), is replaced: a fresh host takes new requests at once,
-//! the old one finishes what it holds and is stopped. A host that dies costs only the requests inside it (502
-//! `isolate_host_crashed`); the node starts another, and functions on other hosts do not
-//! notice. A function goes to the same host while it lives (rendezvous hashing over the live
-//! hosts by function name), and its bundle is uploaded to a host before its first request.
+//! would take the node down. So a host in which [`HostConfig::recycle_after`] isolates have
+//! ended (the leak grows with those, not with the isolates it serves), or that holds a stuck
+//! isolate (JS that went on after termination, on a thread only ending the process stops),
+//! is replaced. The fresh host takes the old one's place (its slot), and before it takes
+//! requests it boots the isolates of the functions the old one was serving, so that a
+//! replacement costs those functions no cold start; then the old host finishes what it
+//! holds and is stopped. A host that dies costs only the requests inside it (502
+//! `isolate_host_crashed`); the node starts another in its slot, and functions on other
+//! hosts do not notice.
+//!
+//! A function goes to the host in the slot that rendezvous hashing of its name picks, so
+//! it stays on one host while the slots are the same, and a replacement host serves exactly
+//! the functions its predecessor served. Its bundle is uploaded to a host before its first
+//! request.
+//!
+//! The hosts' runtime figures (isolates, boots, kills, CPU) are added up for the node's
+//! metrics by [`HostPool::runtime_totals`]; what a host counted stays in the totals after it
+//! is replaced.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::os::fd::OwnedFd;
@@ -32,20 +43,28 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tern_js_api::exchange::{BoxError, Exchange, Failure, FailureKind, RequestBody, ResponseBody, StreamAborted};
 use tern_proto::{Bundle, BundleId};
+use tern_runtime::stats::StatsSnapshot;
 use tokio::sync::Mutex as AsyncMutex;
 
-use crate::host_server::{BOOTS_HEADER, BUNDLE_HEADER, FAILURE_HEADER, REQUEST_ID_HEADER, STUCK_HEADER, URL_HEADER};
+use crate::host_server::{BUNDLE_HEADER, ENDED_HEADER, FAILURE_HEADER, REQUEST_ID_HEADER, STUCK_HEADER, URL_HEADER};
 
 /// How long a replaced host may take to finish the requests it holds.
 const RETIRE_PATIENCE: Duration = Duration::from_secs(60);
 /// Pause before starting a host again after one failed to start.
 const RESTART_BACKOFF: Duration = Duration::from_millis(200);
+/// How long a replacement host may spend booting its predecessor's functions before it
+/// takes over anyway (the rest cold-start on their next request).
+const WARM_PATIENCE: Duration = Duration::from_secs(10);
+/// Isolates a replacement host boots at once while it warms up.
+const WARM_CONCURRENCY: usize = 4;
+/// How long a host may take to report its figures for the node's metrics.
+const STATS_PATIENCE: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct HostConfig {
     /// Host processes serving at once.
     pub count: usize,
-    /// A host is replaced once it has booted this many isolates.
+    /// A host is replaced once this many of its isolates have ended.
     pub recycle_after: u64,
     /// The program and arguments that start one host (it gets its socket as stdin).
     pub program: PathBuf,
@@ -72,30 +91,44 @@ struct Inner {
     hosts: Mutex<Vec<Arc<Host>>>,
     next_id: AtomicU64,
     stats: Arc<HostStats>,
+    /// What hosts that are gone counted (counters only).
+    gone: Mutex<StatsSnapshot>,
 }
 
 struct Host {
     id: u64,
+    /// Its place among the hosts: functions are placed by slot, and a host's replacement
+    /// takes its slot.
+    slot: usize,
     pid: u32,
     send: SendRequest<RequestBody>,
-    /// Bundles uploaded to this host; the lock also serializes uploads.
-    loaded: AsyncMutex<HashSet<BundleId>>,
+    /// Bundles uploaded to this host (kept while the node has them, to warm a replacement);
+    /// the lock also serializes uploads.
+    loaded: AsyncMutex<HashMap<BundleId, Weak<Bundle>>>,
     in_flight: AtomicUsize,
     /// A replacement is on its way.
     recycling: AtomicBool,
     /// Replaced: takes no new requests and stops once it has finished its own.
     retiring: AtomicBool,
-    boots: AtomicU64,
+    /// Isolates that have ended in it, as it last said.
+    ended: AtomicU64,
+    /// Its runtime figures, as it last reported them.
+    last_stats: Mutex<StatsSnapshot>,
 }
 
 impl HostPool {
     /// Starts `config.count` hosts.
     pub async fn start(config: HostConfig, stats: Arc<HostStats>) -> std::io::Result<Self> {
-        let pool = Self {
-            inner: Arc::new(Inner { config, hosts: Mutex::new(Vec::new()), next_id: AtomicU64::new(1), stats }),
+        let inner = Inner {
+            config,
+            hosts: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            stats,
+            gone: Mutex::new(StatsSnapshot::default()),
         };
-        for _ in 0..pool.inner.config.count.max(1) {
-            let host = pool.inner.clone().spawn().await?;
+        let pool = Self { inner: Arc::new(inner) };
+        for slot in 0..pool.inner.config.count.max(1) {
+            let host = pool.inner.clone().spawn(slot).await?;
             lock(&pool.inner.hosts).push(host);
         }
         Ok(pool)
@@ -105,16 +138,25 @@ impl HostPool {
         &self.inner.stats
     }
 
+    /// The runtime figures of every host added up, asked of each host now: counters include
+    /// what replaced hosts counted; a host that died counts what it last reported.
+    pub async fn runtime_totals(&self) -> StatsSnapshot {
+        let hosts = lock(&self.inner.hosts).clone();
+        for host in &hosts {
+            host.refresh_stats().await;
+        }
+        let hosts = lock(&self.inner.hosts);
+        let mut total = lock(&self.inner.gone).clone();
+        for host in hosts.iter() {
+            total.add(&lock(&host.last_stats), true);
+        }
+        total
+    }
+
     /// Boots the isolate of `bundle` on its host ahead of its first request.
     pub async fn prepare_and_wait(&self, bundle: Arc<Bundle>) {
         let Some(host) = self.inner.host_for(bundle.name()) else { return };
-        if host.ensure_loaded(&bundle).await.is_err() {
-            return;
-        }
-        let request = http::Request::post(format!("http://isolate-host/prepare/{}", bundle.id()))
-            .body(empty())
-            .expect("valid request");
-        let _ = host.send.clone().send_request(request).await;
+        let _ = host.prepare(&bundle).await;
     }
 
     /// Hands `exchange` to the host of `bundle`'s function.
@@ -196,10 +238,10 @@ async fn forward(
         Err(e) => return Reply::Failed(crashed(host, e)),
     };
     let count = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if let Some(boots) = count(BOOTS_HEADER) {
-        host.boots.store(boots, Ordering::Relaxed);
-        if boots >= inner.config.recycle_after {
-            inner.recycle(host, "it booted its share of isolates");
+    if let Some(ended) = count(ENDED_HEADER) {
+        host.ended.store(ended, Ordering::Relaxed);
+        if ended >= inner.config.recycle_after {
+            inner.recycle(host, "its share of isolates ended in it (the engine leaks with each)");
         }
     }
     if count(STUCK_HEADER).is_some_and(|stuck| stuck > 0) {
@@ -213,7 +255,7 @@ async fn forward(
         return Reply::Failed(Failure { kind: FailureKind::from_code(&code), detail });
     }
     let (mut parts, body) = response.into_parts();
-    parts.headers.remove(BOOTS_HEADER);
+    parts.headers.remove(ENDED_HEADER);
     parts.headers.remove(STUCK_HEADER);
     let body = GuardedPipe { body, _guard: guard };
     Reply::Response(http::Response::from_parts(parts, ResponseBody::Piped(body.boxed())))
@@ -251,9 +293,9 @@ impl Body for GuardedPipe {
 }
 
 impl Host {
-    async fn ensure_loaded(&self, bundle: &Bundle) -> Result<(), BoxError> {
+    async fn ensure_loaded(&self, bundle: &Arc<Bundle>) -> Result<(), BoxError> {
         let mut loaded = self.loaded.lock().await;
-        if loaded.contains(&bundle.id()) {
+        if loaded.contains_key(&bundle.id()) {
             return Ok(());
         }
         let wire = Bytes::from(bundle.to_wire());
@@ -264,8 +306,42 @@ impl Host {
             let text = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             return Err(format!("the host refused the bundle: {}", String::from_utf8_lossy(&text)).into());
         }
-        loaded.insert(bundle.id());
+        loaded.insert(bundle.id(), Arc::downgrade(bundle));
         Ok(())
+    }
+
+    /// Boots `bundle`'s isolate, uploading the bundle first if needed.
+    async fn prepare(&self, bundle: &Arc<Bundle>) -> Result<(), BoxError> {
+        self.ensure_loaded(bundle).await?;
+        let request =
+            http::Request::post(format!("http://isolate-host/prepare/{}", bundle.id())).body(empty()).expect("valid");
+        self.send.clone().send_request(request).await?;
+        Ok(())
+    }
+
+    /// One `GET` to the host, its body as text.
+    async fn get(&self, path: &str) -> Result<String, BoxError> {
+        let request = http::Request::get(format!("http://isolate-host{path}")).body(empty())?;
+        let response = self.send.clone().send_request(request).await?;
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Asks the host for its runtime figures; keeps the last ones if it does not answer.
+    async fn refresh_stats(&self) {
+        let asked = tokio::time::timeout(STATS_PATIENCE, self.get("/stats")).await;
+        match asked.map(|r| r.map(|text| serde_json::from_str::<StatsSnapshot>(&text))) {
+            Ok(Ok(Ok(snapshot))) => *lock(&self.last_stats) = snapshot,
+            Ok(Ok(Err(e))) => tracing::warn!(pid = self.pid, "an isolate host reported unreadable figures: {e}"),
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+
+    /// The bundles of the functions this host serves now that the node still has.
+    async fn serving(&self) -> Vec<Arc<Bundle>> {
+        let Ok(Ok(text)) = tokio::time::timeout(STATS_PATIENCE, self.get("/serving")).await else { return Vec::new() };
+        let loaded = self.loaded.lock().await;
+        text.lines().filter_map(|id| id.parse::<BundleId>().ok()).filter_map(|id| loaded.get(&id)?.upgrade()).collect()
     }
 }
 
@@ -284,23 +360,28 @@ impl Inner {
         }
     }
 
-    /// The live host for `function`: the same one while the set of hosts is the same.
+    /// The live host for `function`: the one in the slot rendezvous hashing picks among the
+    /// slots that have a live host.
     fn host_for(&self, function: &str) -> Option<Arc<Host>> {
         let hosts = lock(&self.hosts);
-        hosts
-            .iter()
-            .filter(|h| !h.retiring.load(Ordering::Relaxed))
-            .max_by_key(|h| {
-                let mut hasher = DefaultHasher::new();
-                (function, h.id).hash(&mut hasher);
-                hasher.finish()
-            })
-            .cloned()
+        let live: Vec<&Arc<Host>> = hosts.iter().filter(|h| !h.retiring.load(Ordering::Relaxed)).collect();
+        let slot = pick_slot(function, live.iter().map(|h| h.slot))?;
+        live.into_iter().find(|h| h.slot == slot).cloned()
     }
 
-    /// Starts one host process and connects to it. (Boxed: a crashed host's watcher starts
-    /// the next one from inside this future.)
-    fn spawn(self: Arc<Self>) -> Pin<Box<dyn Future<Output = std::io::Result<Arc<Host>>> + Send>> {
+    /// Takes `host` out of the hosts, keeping what it counted in the node's totals; false if
+    /// it was not among them.
+    fn remove(&self, host: &Host) -> bool {
+        let mut hosts = lock(&self.hosts);
+        let Some(i) = hosts.iter().position(|h| h.id == host.id) else { return false };
+        hosts.remove(i);
+        lock(&self.gone).add(&lock(&host.last_stats), false);
+        true
+    }
+
+    /// Starts one host process for `slot` and connects to it. (Boxed: a crashed host's
+    /// watcher starts the next one from inside this future.)
+    fn spawn(self: Arc<Self>, slot: usize) -> Pin<Box<dyn Future<Output = std::io::Result<Arc<Host>>> + Send>> {
         Box::pin(async move {
             let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
             let mut command = tokio::process::Command::new(&self.config.program);
@@ -330,17 +411,19 @@ impl Inner {
             });
             let host = Arc::new(Host {
                 id,
+                slot,
                 pid,
                 send,
-                loaded: AsyncMutex::new(HashSet::new()),
+                loaded: AsyncMutex::new(HashMap::new()),
                 in_flight: AtomicUsize::new(0),
                 recycling: AtomicBool::new(false),
                 retiring: AtomicBool::new(false),
-                boots: AtomicU64::new(0),
+                ended: AtomicU64::new(0),
+                last_stats: Mutex::new(StatsSnapshot::default()),
             });
             self.stats.started.inc();
             self.stats.live.inc();
-            tracing::info!(pid, "isolate host started");
+            tracing::info!(pid, slot, "isolate host started");
             let weak: Weak<Inner> = Arc::downgrade(&self);
             let watched = host.clone();
             tokio::spawn(async move {
@@ -351,11 +434,15 @@ impl Inner {
                     tracing::info!(pid, "isolate host retired");
                     return;
                 }
-                tracing::error!(pid, ?status, "isolate host crashed; starting another");
                 inner.stats.crashed.inc();
-                lock(&inner.hosts).retain(|h| h.id != watched.id);
+                if !inner.remove(&watched) {
+                    // A replacement that died while it warmed up: its predecessor serves on.
+                    tracing::error!(pid, ?status, "a replacement isolate host died before it took over");
+                    return;
+                }
+                tracing::error!(pid, ?status, "isolate host crashed; starting another");
                 loop {
-                    match inner.clone().spawn().await {
+                    match inner.clone().spawn(watched.slot).await {
                         Ok(host) => {
                             lock(&inner.hosts).push(host);
                             return;
@@ -371,8 +458,8 @@ impl Inner {
         })
     }
 
-    /// Replaces `old` with a fresh host, for the reason `why`; `old` finishes its requests,
-    /// then stops.
+    /// Replaces `old` with a fresh host, for the reason `why`: the fresh one boots the
+    /// functions `old` serves, takes its slot, and `old` finishes its requests, then stops.
     fn recycle(self: &Arc<Self>, old: &Arc<Host>, why: &'static str) {
         if old.recycling.swap(true, Ordering::AcqRel) {
             return;
@@ -380,19 +467,30 @@ impl Inner {
         let inner = self.clone();
         let old = old.clone();
         tokio::spawn(async move {
-            // Until the fresh host is up, the old one keeps taking requests.
-            let fresh = match inner.clone().spawn().await {
+            // Until the fresh host is up and warm, the old one keeps taking requests.
+            let fresh = match inner.clone().spawn(old.slot).await {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::error!("cannot start a replacement isolate host: {e}");
+                    old.recycling.store(false, Ordering::Release);
                     return;
                 }
             };
+            let serving = old.serving().await;
+            let warmed = tokio::time::timeout(WARM_PATIENCE, warm(&fresh, &serving)).await.unwrap_or(0);
+            if fresh.send.is_closed() {
+                // It died warming up (its watcher said so); the next answer from `old` tries again.
+                old.recycling.store(false, Ordering::Release);
+                return;
+            }
             inner.stats.recycled.inc();
             tracing::info!(
                 old = old.pid,
                 new = fresh.pid,
-                boots = old.boots.load(Ordering::Relaxed),
+                slot = old.slot,
+                ended = old.ended.load(Ordering::Relaxed),
+                serving = serving.len(),
+                warmed,
                 why,
                 "replacing isolate host"
             );
@@ -405,15 +503,74 @@ impl Inner {
             while old.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            lock(&inner.hosts).retain(|h| h.id != old.id);
+            old.refresh_stats().await;
+            inner.remove(&old);
             // SIGTERM; the host exits (its watcher sees a retired host, not a crash).
             let _ = nix_kill(old.pid);
         });
     }
 }
 
+/// Boots the isolates of `bundles` on `host`, a few at a time; how many are ready.
+async fn warm(host: &Arc<Host>, bundles: &[Arc<Bundle>]) -> usize {
+    let mut warmed = 0;
+    for batch in bundles.chunks(WARM_CONCURRENCY) {
+        let mut boots = tokio::task::JoinSet::new();
+        for bundle in batch {
+            let (host, bundle) = (host.clone(), bundle.clone());
+            boots.spawn(async move { host.prepare(&bundle).await.is_ok() });
+        }
+        warmed += boots.join_all().await.into_iter().filter(|ok| *ok).count();
+    }
+    warmed
+}
+
+/// The slot for `function` among `slots`: the one whose hash with the function's name is
+/// highest (rendezvous hashing), so a function moves only when its slot goes or comes.
+fn pick_slot(function: &str, slots: impl Iterator<Item = usize>) -> Option<usize> {
+    slots.max_by_key(|&slot| {
+        let mut hasher = DefaultHasher::new();
+        (function, slot).hash(&mut hasher);
+        hasher.finish()
+    })
+}
+
 fn nix_kill(pid: u32) -> std::io::Result<()> {
     // SAFETY: kill(2) with a child's pid and SIGTERM.
     let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_slot;
+
+    fn placement(slots: &[usize]) -> Vec<Option<usize>> {
+        (0..1000).map(|i| pick_slot(&format!("function-{i}"), slots.iter().copied())).collect()
+    }
+
+    #[test]
+    fn functions_spread_over_the_slots() {
+        let placed = placement(&[0, 1, 2, 3]);
+        for slot in 0..4 {
+            let n = placed.iter().filter(|p| **p == Some(slot)).count();
+            assert!((150..350).contains(&n), "slot {slot} has {n} of 1000 functions");
+        }
+        assert_eq!(pick_slot("f", std::iter::empty()), None);
+    }
+
+    #[test]
+    fn a_slot_that_goes_away_moves_only_its_own_functions_and_gets_them_back() {
+        let all = placement(&[0, 1, 2]);
+        let without_1 = placement(&[0, 2]);
+        for (before, after) in all.iter().zip(&without_1) {
+            if *before != Some(1) {
+                assert_eq!(before, after, "a function of another slot moved");
+            } else {
+                assert_ne!(*after, Some(1));
+            }
+        }
+        // The host restarted in slot 1 (or its replacement) serves the same functions again.
+        assert_eq!(placement(&[2, 0, 1]), all);
+    }
 }

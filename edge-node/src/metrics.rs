@@ -5,13 +5,16 @@
 //! the node made instead of the function), and the runtime's: `isolates_live`,
 //! `isolates_warm`, `isolate_boots_total`, `isolate_cold_boots_total`,
 //! `isolate_evictions_total`, `isolates_stuck_total`, `function_cpu_seconds_total`,
-//! `kills_total{limit}` (with isolate host processes, these stay in the hosts; the node
-//! shows `isolate_hosts`, `isolate_hosts_started_total`, `isolate_host_crashes_total`,
-//! `isolate_hosts_recycled_total`), and `wall_time_kills_total`.
+//! `isolates_ended_total`, `kills_total{limit}`, and `wall_time_kills_total`. With isolate
+//! host processes, the runtime's figures are the sum over the hosts, asked of them at each
+//! scrape (what replaced hosts counted stays in), and the node adds `isolate_hosts`,
+//! `isolate_hosts_started_total`, `isolate_host_crashes_total` and
+//! `isolate_hosts_recycled_total`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use crate::hosts::HostPool;
 use crate::node::Backend;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -35,6 +38,8 @@ pub struct NodeMetrics {
     pub requests: Counter,
     pub errors: Family<ErrorLabel, Counter>,
     pub wall_time_kills: Counter,
+    /// With isolate hosts: the hosts, and the node's own copy of their runtime figures.
+    hosts: Option<(HostPool, tern_runtime::RuntimeStats)>,
 }
 
 impl NodeMetrics {
@@ -46,25 +51,36 @@ impl NodeMetrics {
         registry.register("requests", "Requests received", requests.clone());
         registry.register("errors", "Answers the node made instead of the function, by tern-error", errors.clone());
         registry.register("wall_time_kills", "Requests ended by their wall time limit", wall_time_kills.clone());
+        let mut with_hosts = None;
         match backend {
             Backend::InProcess(isolates) => isolates.stats().register(&mut registry),
             Backend::Hosts(hosts) => {
+                let runtime = tern_runtime::RuntimeStats::default();
+                runtime.register(&mut registry);
+                with_hosts = Some((hosts.clone(), runtime));
                 let s = hosts.stats();
                 registry.register("isolate_hosts", "Isolate host processes running", s.live.clone());
                 registry.register("isolate_hosts_started", "Isolate host processes started", s.started.clone());
                 registry.register("isolate_host_crashes", "Isolate host processes that died", s.crashed.clone());
                 registry.register(
                     "isolate_hosts_recycled",
-                    "Isolate host processes replaced after booting their share of isolates",
+                    "Isolate host processes replaced (their share of isolates ended, or one was stuck)",
                     s.recycled.clone(),
                 );
             }
         }
-        Self { registry, requests, errors, wall_time_kills }
+        Self { registry, requests, errors, wall_time_kills, hosts: with_hosts }
     }
 
     pub fn count_error(&self, code: &'static str) {
         self.errors.get_or_create(&ErrorLabel { tern_error: code }).inc();
+    }
+
+    /// Brings the runtime's figures up to date: with isolate hosts, asks each for its own.
+    pub async fn refresh(&self) {
+        if let Some((hosts, runtime)) = &self.hosts {
+            runtime.catch_up(&hosts.runtime_totals().await);
+        }
     }
 
     /// The text exposition of every metric.
@@ -86,7 +102,7 @@ pub async fn serve_admin(metrics: Arc<NodeMetrics>, listener: tokio::net::TcpLis
         let metrics = metrics.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let metrics = metrics.clone();
-            async move { Ok::<_, Infallible>(admin(&metrics, &req)) }
+            async move { Ok::<_, Infallible>(admin(&metrics, &req).await) }
         });
         tokio::spawn(async move {
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -96,9 +112,10 @@ pub async fn serve_admin(metrics: Arc<NodeMetrics>, listener: tokio::net::TcpLis
     }
 }
 
-fn admin(metrics: &NodeMetrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn admin(metrics: &NodeMetrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method().as_str(), req.uri().path()) {
         ("GET", "/metrics") => {
+            metrics.refresh().await;
             (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.render())
         }
         ("GET", "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),

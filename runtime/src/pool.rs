@@ -163,6 +163,11 @@ impl Isolates {
         &self.shared.stats
     }
 
+    /// The versions that have an isolate serving them now.
+    pub fn serving(&self) -> Vec<BundleId> {
+        lock(&self.shared.slots).values().filter(|slot| !slot.inbox.is_closed()).map(|slot| slot.version).collect()
+    }
+
     /// Boots the isolate of `bundle` ahead of its first request, and resolves once it is
     /// ready to serve or its modules failed to load (which it then reports to every request).
     pub async fn prepare_and_wait(&self, bundle: Arc<Bundle>) {
@@ -335,7 +340,10 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
                 shared.stats.warm_isolates.inc();
                 let _ = ready.send(true);
                 // Whoever binds it ends its background (`Shared::bind`).
-                let Ok(binding) = rx.await else { return };
+                let Ok(binding) = rx.await else {
+                    shared.stats.ended_isolates.inc();
+                    return;
+                };
                 (isolate, binding)
             }
             (Start::Warm { ready, .. }, Err(e)) => {
@@ -371,6 +379,7 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
         let tripwire = isolate.tripwire().clone();
         let responses = &shared.config.response_cache;
         let ending = isolate.run(binding.bundle, binding.inbox, binding.booted, &shared.stats, responses).await;
+        shared.stats.ended_isolates.inc();
         if tripwire.was_stuck() {
             // It ended after all (say, one long native call outlived the wait): not hostile
             // enough to keep refusing its version.

@@ -337,11 +337,14 @@ fn start_until(wrapper: &[String], args: &[String], ready: &str) -> Result<Start
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     let prefix = ready.to_string();
+    let printed = output.clone();
+    // What it prints on standard output joins its log, for tests that read either.
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(rest) = line.strip_prefix(&prefix) {
                 let _ = tx.send(rest.to_string());
             }
+            printed.lock().unwrap().push_str(&format!("{line}\n"));
         }
     });
     match rx.recv_timeout(PATIENCE) {
