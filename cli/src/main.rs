@@ -399,7 +399,7 @@ pub struct IsolateArgs {
     #[arg(long, default_value_t = 4096)]
     pub isolate_memory_budget_mib: u64,
     /// Memory for the Cache API's stored responses (`caches.default`), all functions
-    /// together; each isolate host process has this much of its own.
+    /// together (isolate hosts share it, each function's entries living in its host).
     #[arg(long, default_value_t = 256)]
     pub cache_memory_mib: u64,
 }

@@ -119,9 +119,11 @@ pub async fn backend(
     trusted_roots(ca_certs)?;
     let mut args: Vec<String> = vec!["--log-format".into(), log_format.into(), "isolate-host".into()];
     args.extend(["--warm-pool".into(), warm_pool.to_string()]);
-    let budget_per_host = (isolates.isolate_memory_budget_mib / hosts as u64).max(1);
-    args.extend(["--memory-budget-mib".into(), budget_per_host.to_string()]);
-    args.extend(["--cache-memory-mib".into(), isolates.cache_memory_mib.to_string()]);
+    // Each function lives on one host, so the hosts share the budgets rather than each
+    // having them whole.
+    let share = |mib: u64| (mib / hosts as u64).max(1).to_string();
+    args.extend(["--memory-budget-mib".into(), share(isolates.isolate_memory_budget_mib)]);
+    args.extend(["--cache-memory-mib".into(), share(isolates.cache_memory_mib)]);
     if isolates.allow_loopback {
         args.push("--allow-loopback".into());
     }

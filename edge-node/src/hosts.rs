@@ -364,9 +364,9 @@ impl Inner {
     /// slots that have a live host.
     fn host_for(&self, function: &str) -> Option<Arc<Host>> {
         let hosts = lock(&self.hosts);
-        let live: Vec<&Arc<Host>> = hosts.iter().filter(|h| !h.retiring.load(Ordering::Relaxed)).collect();
-        let slot = pick_slot(function, live.iter().map(|h| h.slot))?;
-        live.into_iter().find(|h| h.slot == slot).cloned()
+        let live = || hosts.iter().filter(|h| !h.retiring.load(Ordering::Relaxed));
+        let slot = pick_slot(function, live().map(|h| h.slot))?;
+        live().find(|h| h.slot == slot).cloned()
     }
 
     /// Takes `host` out of the hosts, keeping what it counted in the node's totals; false if
