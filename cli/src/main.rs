@@ -55,6 +55,8 @@ mod tests {
     }
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve function projects locally, reloading on change.
@@ -323,6 +325,8 @@ enum Command {
         memory_budget_mib: u64,
         #[arg(long, default_value_t = 256)]
         cache_memory_mib: u64,
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        idle_ttl: Duration,
         #[arg(long)]
         allow_loopback: bool,
         #[arg(long = "ca-cert", value_name = "FILE")]
@@ -394,10 +398,14 @@ pub struct IsolateArgs {
     /// or replaced by a new version): the engine leaks about 2 MiB with each.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub host_recycle_after: u64,
-    /// Evict isolates (least recently used) beyond this estimated memory, all isolate hosts
-    /// together.
+    /// Evict isolates (least recently used first) beyond this estimated memory (12 MiB an
+    /// isolate), all isolate hosts together.
     #[arg(long, default_value_t = 4096)]
     pub isolate_memory_budget_mib: u64,
+    /// Evict an isolate after this long without a request, e.g. `5m` or `30s`; its next
+    /// request boots another.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub isolate_idle_ttl: Duration,
     /// Memory for the Cache API's stored responses (`caches.default`), all functions
     /// together (isolate hosts share it, each function's entries living in its host).
     #[arg(long, default_value_t = 256)]
@@ -410,6 +418,7 @@ impl IsolateArgs {
         let mut args = vec![
             format!("--host-recycle-after={}", self.host_recycle_after),
             format!("--isolate-memory-budget-mib={}", self.isolate_memory_budget_mib),
+            format!("--isolate-idle-ttl={}ms", self.isolate_idle_ttl.as_millis()),
             format!("--cache-memory-mib={}", self.cache_memory_mib),
         ];
         if let Some(hosts) = self.isolate_hosts {
@@ -619,11 +628,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback { name, to, wait, credentials } => {
             rt.block_on(control::rollback(&name, to.as_deref(), wait.limit(), &credentials))
         }
-        Command::IsolateHost { warm_pool, memory_budget_mib, cache_memory_mib, allow_loopback, ca_certs } => {
+        Command::IsolateHost { warm_pool, memory_budget_mib, cache_memory_mib, idle_ttl, allow_loopback, ca_certs } => {
             // One thread for the node's HTTP/2 connection and the streams on it: handing each
             // request between threads cost a context switch or two per request.
             let rt = tokio::runtime::Builder::new_current_thread().thread_name("tern-host").enable_all().build()?;
-            let budgets = serve::HostBudgets { isolates_mib: memory_budget_mib, cache_mib: cache_memory_mib };
+            let budgets = serve::HostBudgets { isolates_mib: memory_budget_mib, cache_mib: cache_memory_mib, idle_ttl };
             rt.block_on(serve::run_isolate_host(warm_pool, budgets, allow_loopback, &ca_certs))
         }
     }

@@ -112,6 +112,7 @@ pub async fn backend(
             egress,
             warm_pool,
             memory_budget: isolates.isolate_memory_budget_mib << 20,
+            idle_ttl: isolates.isolate_idle_ttl,
             response_cache: ResponseCache::new(isolates.cache_memory_mib << 20),
             ..IsolateConfig::default()
         })?));
@@ -124,6 +125,7 @@ pub async fn backend(
     let share = |mib: u64| (mib / hosts as u64).max(1).to_string();
     args.extend(["--memory-budget-mib".into(), share(isolates.isolate_memory_budget_mib)]);
     args.extend(["--cache-memory-mib".into(), share(isolates.cache_memory_mib)]);
+    args.extend(["--idle-ttl".into(), format!("{}ms", isolates.isolate_idle_ttl.as_millis())]);
     if isolates.allow_loopback {
         args.push("--allow-loopback".into());
     }
@@ -149,11 +151,12 @@ pub fn egress_policy(allow_loopback: bool) -> EgressPolicy {
     }
 }
 
-/// The memory an isolate host may use: for isolates (an estimate, by count) and for the
-/// Cache API's responses.
+/// What an isolate host may hold: memory for isolates (an estimate, by count) and for the
+/// Cache API's responses, and how long an idle isolate stays.
 pub struct HostBudgets {
     pub isolates_mib: u64,
     pub cache_mib: u64,
+    pub idle_ttl: Duration,
 }
 
 /// `tern isolate-host` (internal, started by `tern serve --isolate-hosts`): runs isolates
@@ -177,6 +180,7 @@ pub async fn run_isolate_host(
         egress,
         warm_pool,
         memory_budget: budgets.isolates_mib << 20,
+        idle_ttl: budgets.idle_ttl,
         response_cache: ResponseCache::new(budgets.cache_mib << 20),
         ..Default::default()
     })?;

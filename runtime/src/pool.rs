@@ -21,7 +21,7 @@
 //! hostile code strands at most one thread (and one heap) per version, not one per request.
 //!
 //! Isolates are evicted (moka) after [`IsolateConfig::idle_ttl`] without a request, and,
-//! least recently used first, when their estimated footprint passes
+//! least recently used first, as soon as their estimated footprint passes
 //! [`IsolateConfig::memory_budget`]. An evicted function's isolate finishes what it holds
 //! and stops; its next request takes a new one.
 
@@ -127,6 +127,10 @@ impl Isolates {
         let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
             let weak = weak.clone();
             let resident = moka::sync::Cache::builder()
+                // Least recently used out, not moka's default TinyLFU: its admission would turn
+                // away an isolate already booted for a function new to the node, so such a
+                // function would pay a boot per request until it became frequent.
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .time_to_idle(config.idle_ttl)
                 .weigher(|_: &String, _: &BundleId| (ISOLATE_FOOTPRINT_BYTES >> 10) as u32)
                 .max_capacity(config.memory_budget >> 10)
@@ -180,7 +184,7 @@ impl Isolates {
             let (tx, rx) = mpsc::unbounded_channel();
             slots.insert(bundle.name().to_string(), Slot { version: bundle.id(), inbox: tx });
             drop(slots);
-            self.shared.resident.insert(bundle.name().to_string(), bundle.id());
+            self.shared.make_resident(bundle.name(), bundle.id());
             self.shared.bind(Binding { bundle, inbox: rx, booted: Some(booted) });
         }
         let _ = done.await;
@@ -216,7 +220,7 @@ impl Isolates {
         let _ = tx.send(exchange);
         slots.insert(bundle.name().to_string(), Slot { version: bundle.id(), inbox: tx });
         drop(slots);
-        self.shared.resident.insert(bundle.name().to_string(), bundle.id());
+        self.shared.make_resident(bundle.name(), bundle.id());
         self.shared.bind(Binding { bundle, inbox: rx, booted: None });
     }
 }
@@ -226,6 +230,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Counts a new isolate of `name` against the memory budget, and evicts at once what no
+    /// longer fits (otherwise moka would wait for its next housekeeping, and a burst of new
+    /// functions could boot far past the budget first). Never while holding `slots`: the
+    /// evictions take it.
+    fn make_resident(&self, name: &str, version: BundleId) {
+        self.resident.insert(name.to_string(), version);
+        self.resident.run_pending_tasks();
+    }
+
     /// Retires the isolate of `name` if it still runs `version`: it finishes its requests
     /// and stops.
     fn retire(&self, name: &str, version: BundleId, cause: moka::notification::RemovalCause) {
