@@ -152,6 +152,7 @@ impl WarmIsolate {
         bundle: Arc<Bundle>,
         inbox: mpsc::UnboundedReceiver<Exchange>,
         booted: Option<tokio::sync::oneshot::Sender<()>>,
+        cold_start: crate::priority::ColdStart,
         stats: &RuntimeStats,
         responses: &Arc<ResponseCache>,
     ) -> Ending {
@@ -170,6 +171,7 @@ impl WarmIsolate {
         let mut function = Function { identity, limits, tripwire, memory, stats, startup_used: Duration::ZERO };
         let started = Instant::now();
         let loaded = function.load(&mut js, &loader, &bundle, &inbox).await;
+        drop(cold_start);
         if let Some(booted) = booted {
             let _ = booted.send(());
         }

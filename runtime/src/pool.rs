@@ -114,6 +114,15 @@ struct Binding {
     bundle: Arc<Bundle>,
     inbox: mpsc::UnboundedReceiver<Exchange>,
     booted: Option<oneshot::Sender<()>>,
+    /// Held from before the binding can evict another isolate until its modules are
+    /// evaluated, so that the evicted isolate's teardown waits for it.
+    cold_start: priority::ColdStart,
+}
+
+impl Binding {
+    fn new(bundle: Arc<Bundle>, inbox: mpsc::UnboundedReceiver<Exchange>, booted: Option<oneshot::Sender<()>>) -> Self {
+        Self { bundle, inbox, booted, cold_start: priority::cold_start() }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,8 +193,9 @@ impl Isolates {
             let (tx, rx) = mpsc::unbounded_channel();
             slots.insert(bundle.name().to_string(), Slot { version: bundle.id(), inbox: tx });
             drop(slots);
-            self.shared.make_resident(bundle.name(), bundle.id());
-            self.shared.bind(Binding { bundle, inbox: rx, booted: Some(booted) });
+            let binding = Binding::new(bundle, rx, Some(booted));
+            self.shared.make_resident(binding.bundle.name(), binding.bundle.id());
+            self.shared.bind(binding);
         }
         let _ = done.await;
     }
@@ -220,8 +230,9 @@ impl Isolates {
         let _ = tx.send(exchange);
         slots.insert(bundle.name().to_string(), Slot { version: bundle.id(), inbox: tx });
         drop(slots);
-        self.shared.make_resident(bundle.name(), bundle.id());
-        self.shared.bind(Binding { bundle, inbox: rx, booted: None });
+        let binding = Binding::new(bundle, rx, None);
+        self.shared.make_resident(binding.bundle.name(), binding.bundle.id());
+        self.shared.bind(binding);
     }
 }
 
@@ -391,7 +402,8 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
         }));
         let tripwire = isolate.tripwire().clone();
         let responses = &shared.config.response_cache;
-        let ending = isolate.run(binding.bundle, binding.inbox, binding.booted, &shared.stats, responses).await;
+        let Binding { bundle: bound, inbox, booted, cold_start } = binding;
+        let ending = isolate.run(bound, inbox, booted, cold_start, &shared.stats, responses).await;
         shared.stats.ended_isolates.inc();
         if tripwire.was_stuck() {
             // It ended after all (say, one long native call outlived the wait): not hostile
@@ -404,7 +416,7 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
             Ending::Finished => {}
             Ending::Died(inbox) => {
                 tokio::time::sleep(REBOOT_BACKOFF).await;
-                shared.bind(Binding { bundle, inbox, booted: None });
+                shared.bind(Binding::new(bundle, inbox, None));
             }
         }
     });

@@ -107,9 +107,53 @@ fn teardown_lanes() -> usize {
 
 static TEARDOWN_LANES: Lanes = Lanes { busy: Mutex::new(0), freed: Condvar::new() };
 
-/// Tearing down an isolate: waits for a free lane, held until the guard drops.
+/// Tearing down an isolate: gives way to cold starts in progress (for at most
+/// [`TEARDOWN_YIELD`]), then waits for a free lane, held until the guard drops.
 pub fn teardown() -> Lane {
+    COLD_STARTS.wait_none(TEARDOWN_YIELD);
     TEARDOWN_LANES.take(teardown_lanes())
+}
+
+/// How long a teardown waits for cold starts in progress to finish. A function new to a
+/// full node evicts another's isolate as it binds its own: without this, the evicted
+/// isolate's teardown (milliseconds of freeing memory) ran alongside the very cold start
+/// that caused it, and doubled its median (`benches/cold_start.rs`, 0.41 to 0.85 ms).
+const TEARDOWN_YIELD: std::time::Duration = std::time::Duration::from_millis(50);
+
+static COLD_STARTS: Gate = Gate { open: Mutex::new(0), closed: Condvar::new() };
+
+/// A function's isolate being bound and its modules evaluated, for a request or ahead of
+/// one; teardowns wait while one is held (see [`teardown`]).
+pub fn cold_start() -> ColdStart {
+    *COLD_STARTS.open.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    ColdStart(())
+}
+
+/// A cold start in progress; dropping it marks it done.
+pub struct ColdStart(());
+
+impl Drop for ColdStart {
+    fn drop(&mut self) {
+        let mut open = COLD_STARTS.open.lock().unwrap_or_else(|p| p.into_inner());
+        *open -= 1;
+        if *open == 0 {
+            COLD_STARTS.closed.notify_all();
+        }
+    }
+}
+
+/// A count of things in progress that others may wait to see reach zero.
+struct Gate {
+    open: Mutex<usize>,
+    closed: Condvar,
+}
+
+impl Gate {
+    /// Waits until nothing is in progress, or `patience` has passed.
+    fn wait_none(&self, patience: std::time::Duration) {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.closed.wait_timeout_while(open, patience, |open| *open > 0);
+    }
 }
 
 /// A counting semaphore for threads that may block.
