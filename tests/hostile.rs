@@ -1,5 +1,6 @@
 //! The hostile-code corpus (`tests/hostile/*.js`) against one running node, while a canary
-//! function is requested continuously.
+//! function is requested continuously: with its isolates in the server process, and in
+//! isolate host processes (as `tern node` runs them by default).
 //!
 //! Each corpus file starts with its expected outcome:
 //!   `// expect: 503 cpu_limit_exceeded`  status and `tern-error`
@@ -116,12 +117,22 @@ async fn run(tern: &Tern, case: &Case) -> (Result<(), String>, Option<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hostile_corpus_gets_its_expected_errors_while_a_canary_keeps_answering() {
+    corpus_against_a_canary(&[]).await;
+}
+
+/// The same with the isolates in two isolate host processes, as `tern node` runs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hostile_corpus_in_isolate_hosts_gets_its_expected_errors_while_a_canary_keeps_answering() {
+    corpus_against_a_canary(&["--isolate-hosts", "2"]).await;
+}
+
+async fn corpus_against_a_canary(extra: &[&str]) {
     let cases = corpus();
     assert!(cases.len() >= 40, "the corpus has {} functions", cases.len());
     let canary = Project::new("canary", &[("index.js", CANARY)]);
     let mut paths: Vec<_> = cases.iter().map(|c| c.project.path()).collect();
     paths.push(canary.path());
-    let tern = Arc::new(Tern::dev(&paths));
+    let tern = Arc::new(Tern::dev_with(&paths, extra));
 
     let stop = Arc::new(AtomicBool::new(false));
     let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

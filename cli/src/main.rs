@@ -391,7 +391,7 @@ pub struct IsolateArgs {
     pub allow_loopback: bool,
     /// Run isolates in this many isolate host processes, which the node replaces before the
     /// engine's leak adds up and restarts when they crash (0: in the serving process itself).
-    /// Default: one per CPU core for `tern node`, 0 for `tern dev`.
+    /// Default: one per CPU core (at most 8) for `tern node`, 0 for `tern dev`.
     #[arg(long, value_name = "N")]
     pub isolate_hosts: Option<usize>,
     /// Replace an isolate host once this many of its isolates have ended (evicted, killed,
@@ -431,9 +431,11 @@ impl IsolateArgs {
     }
 }
 
-/// One isolate host per CPU core: what `tern node` runs when not told.
+/// What `tern node` runs when not told: one isolate host per CPU core (a host serves the
+/// node's connection to it from one thread), at most 8 (each costs about 14 MiB idle, and
+/// its isolates have threads of their own anyway).
 pub fn default_isolate_hosts() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
 }
 
 /// `250ms`, `10s`: a duration with its unit.

@@ -13,8 +13,9 @@
 //! faster than they are freed. A starved warm boot costs nothing of the kind: the pool
 //! holds one boot in flight, and requests boot on demand (at normal priority) meanwhile.
 //! Teardowns take turns instead ([`teardown`]): they never hold every core at once (an
-//! eviction retires several isolates at one tick, each teardown some milliseconds of CPU),
-//! so a request woken meanwhile finds a core.
+//! idle-TTL sweep retires several isolates at one tick, each teardown some milliseconds of
+//! CPU), so a request woken meanwhile finds a core; and they wait (briefly) for the cold
+//! starts in progress, one of which is usually what evicted them.
 //!
 //! Measured (`benches/cold_start.rs`, two cores): request-path cold start p99 from 13-15 ms
 //! to 6-7 ms while the pool refills; nice 19 in its place gave 7-9 ms. Then, with warm boots
