@@ -110,6 +110,8 @@ struct Host {
     recycling: AtomicBool,
     /// Replaced: takes no new requests and stops once it has finished its own.
     retiring: AtomicBool,
+    /// Its process has ended (set before its watcher looks for it among the hosts).
+    exited: AtomicBool,
     /// Isolates that have ended in it, as it last said.
     ended: AtomicU64,
     /// Its runtime figures, as it last reported them.
@@ -418,6 +420,7 @@ impl Inner {
                 in_flight: AtomicUsize::new(0),
                 recycling: AtomicBool::new(false),
                 retiring: AtomicBool::new(false),
+                exited: AtomicBool::new(false),
                 ended: AtomicU64::new(0),
                 last_stats: Mutex::new(StatsSnapshot::default()),
             });
@@ -428,6 +431,7 @@ impl Inner {
             let watched = host.clone();
             tokio::spawn(async move {
                 let status = child.wait().await;
+                watched.exited.store(true, Ordering::SeqCst);
                 let Some(inner) = weak.upgrade() else { return };
                 inner.stats.live.dec();
                 if watched.retiring.load(Ordering::Relaxed) {
@@ -478,10 +482,17 @@ impl Inner {
             };
             let serving = old.serving().await;
             let warmed = tokio::time::timeout(WARM_PATIENCE, warm(&fresh, &serving)).await.unwrap_or(0);
-            if fresh.send.is_closed() {
-                // It died warming up (its watcher said so); the next answer from `old` tries again.
-                old.recycling.store(false, Ordering::Release);
-                return;
+            {
+                // Under the lock its watcher takes: a fresh host that died before this point
+                // is not put in (the next answer from `old` tries again); one that dies
+                // after is found by its watcher and restarted.
+                let mut hosts = lock(&inner.hosts);
+                if fresh.exited.load(Ordering::SeqCst) {
+                    old.recycling.store(false, Ordering::Release);
+                    return;
+                }
+                hosts.push(fresh.clone());
+                old.retiring.store(true, Ordering::SeqCst);
             }
             inner.stats.recycled.inc();
             tracing::info!(
@@ -494,11 +505,6 @@ impl Inner {
                 why,
                 "replacing isolate host"
             );
-            {
-                let mut hosts = lock(&inner.hosts);
-                hosts.push(fresh);
-                old.retiring.store(true, Ordering::SeqCst);
-            }
             let deadline = tokio::time::Instant::now() + RETIRE_PATIENCE;
             while old.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
