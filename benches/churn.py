@@ -13,8 +13,8 @@ RSS climbs with every isolate (the engine's leak) and drops when the host is rep
 growth is measured peak to peak: the highest RSS of the second half of the run against the
 first half's, per 1,000 cycles, against PERFORMANCE.md's churn budget (under 1 MiB per
 1,000 cycles). Also prints whether every request was answered. Each cycle boots an isolate
-(about 9 ms of CPU here since the startup snapshot), so the issue's 100,000 cycles take
-some minutes: `benches/churn.py 100000`.
+(about 10 ms of CPU here since the startup snapshot), so the issue's 100,000 cycles take
+about 18 minutes on 2 cores: `benches/churn.py 100000`.
 """
 import argparse
 import http.client
