@@ -14,18 +14,11 @@ fn counter(name: &str) -> Project {
 }
 
 async fn metrics(tern: &Tern) -> String {
-    let admin = tern
-        .output()
-        .lines()
-        .find_map(|l| l.strip_prefix("tern dev: metrics at http://")?.strip_suffix("/metrics"))
-        .expect("tern dev prints the admin address")
-        .to_string();
-    let request = http::Request::get(format!("http://{admin}/metrics")).body(empty()).unwrap();
-    support::send(&http1(), request).await.text
+    support::scrape(&tern.admin_addr()).await.text
 }
 
 fn evictions(metrics: &str) -> u64 {
-    metrics.lines().find_map(|l| l.strip_prefix("tern_isolate_evictions_total ")?.parse().ok()).expect(metrics)
+    support::sample(metrics, "tern_isolate_evictions_total").expect(metrics) as u64
 }
 
 #[tokio::test]
@@ -57,23 +50,21 @@ async fn bug_the_memory_budget_was_enforced_only_at_the_next_housekeeping_tick()
 
 #[tokio::test]
 async fn an_idle_isolate_is_evicted_after_the_idle_ttl_and_comes_back_on_demand() {
-    let p = counter("sleepy");
-    let tern = Tern::dev_with(&[p.path()], &["--isolate-idle-ttl", "1s", "--admin-port", "0"]);
-    assert_eq!(get(&tern, "sleepy.localhost", "/").await.text, "1");
-    assert_eq!(get(&tern, "sleepy.localhost", "/").await.text, "2");
-    let deadline = tokio::time::Instant::now() + support::PATIENCE;
-    while evictions(&metrics(&tern).await) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "never evicted:\n{}", tern.output());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // A fresh isolate: its module state starts again.
-    assert_eq!(get(&tern, "sleepy.localhost", "/").await.text, "1");
+    idle_isolate_comes_back_fresh(&[]).await;
 }
 
 #[tokio::test]
 async fn an_isolate_host_evicts_by_the_idle_ttl_too() {
+    idle_isolate_comes_back_fresh(&["--isolate-hosts", "1"]).await;
+}
+
+/// With a 1 s idle TTL, a function's isolate is evicted once left alone, and its next
+/// request gets a fresh one (its module state starts again).
+async fn idle_isolate_comes_back_fresh(extra: &[&str]) {
     let p = counter("sleepy");
-    let tern = Tern::dev_with(&[p.path()], &["--isolate-hosts", "1", "--isolate-idle-ttl", "1s", "--admin-port", "0"]);
+    let mut args = vec!["--isolate-idle-ttl", "1s", "--admin-port", "0"];
+    args.extend_from_slice(extra);
+    let tern = Tern::dev_with(&[p.path()], &args);
     assert_eq!(get(&tern, "sleepy.localhost", "/").await.text, "1");
     assert_eq!(get(&tern, "sleepy.localhost", "/").await.text, "2");
     let deadline = tokio::time::Instant::now() + support::PATIENCE;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use support::platform::{ControlPlane, Node};
-use support::{Project, Tern, empty, get, http1};
+use support::{Project, Tern, empty, get, http1, sample};
 
 const QUICK_OR_SLOW: &str = r#"export default { async fetch(req) {
   if (new URL(req.url).searchParams.has("slow")) await new Promise((r) => setTimeout(r, 20000));
@@ -193,25 +193,11 @@ fn counting(name: &str) -> Project {
     Project::new(name, &[("index.js", &format!("export default {{ fetch: () => new Response('{name}') }};"))])
 }
 
-/// `GET /metrics` at `admin` (`host:port`).
+/// `GET /metrics` at `admin` (`host:port`), which must answer.
 async fn scrape(admin: &str) -> String {
-    let request = http::Request::get(format!("http://{admin}/metrics")).body(empty()).unwrap();
-    let answer = support::send(&http1(), request).await;
+    let answer = support::scrape(admin).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     answer.text
-}
-
-/// The value of the sample `name` (with its labels, if any) in a metrics text.
-fn sample(metrics: &str, name: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn dev_admin(tern: &Tern) -> String {
-    tern.output()
-        .lines()
-        .find_map(|l| l.strip_prefix("tern dev: metrics at http://")?.strip_suffix("/metrics"))
-        .expect("tern dev prints the admin address")
-        .to_string()
 }
 
 #[tokio::test]
@@ -240,7 +226,7 @@ async fn the_nodes_metrics_add_up_its_hosts_figures_and_keep_them_across_replace
             "0",
         ],
     );
-    let admin = dev_admin(&tern);
+    let admin = tern.admin_addr();
     assert_eq!(get(&tern, "spinner.localhost", "/?spin").await.header("tern-error"), Some("cpu_limit_exceeded"));
     let before = scrape(&admin).await;
     let killed_at = tern.log_events().len();

@@ -191,14 +191,7 @@ async fn bug_a_version_that_got_stuck_stranded_one_more_thread_per_request() {
         assert!(refused.text.contains("not run again"), "{}", refused.text);
     }
     assert_eq!(get(&tern, "other.localhost", "/").await.text, "other fine");
-    let admin = tern
-        .output()
-        .lines()
-        .find_map(|l| l.strip_prefix("tern dev: metrics at http://")?.strip_suffix("/metrics"))
-        .expect("tern dev prints the admin address")
-        .to_string();
-    let request = http::Request::get(format!("http://{admin}/metrics")).body(support::empty()).unwrap();
-    let metrics = support::send(&support::http1(), request).await.text;
+    let metrics = support::scrape(&tern.admin_addr()).await.text;
     assert!(metrics.lines().any(|l| l == "tern_isolates_stuck_total 1"), "{metrics}");
 }
 
@@ -267,14 +260,7 @@ async fn the_admin_endpoint_counts_requests_errors_and_kills_in_prometheus_text(
     let tern = Tern::dev_with(&[p.path()], &["--admin-port", "0"]);
     assert_eq!(get(&tern, "counted.localhost", "/").await.status, 200);
     assert_eq!(get(&tern, "counted.localhost", "/?spin").await.status, 503);
-    let output = tern.output();
-    let admin = output
-        .lines()
-        .find_map(|l| l.strip_prefix("tern dev: metrics at http://")?.strip_suffix("/metrics"))
-        .expect("tern dev prints the admin address")
-        .to_string();
-    let request = http::Request::get(format!("http://{admin}/metrics")).body(support::empty()).unwrap();
-    let metrics = support::send(&support::http1(), request).await;
+    let metrics = support::scrape(&tern.admin_addr()).await;
     assert_eq!(metrics.status, 200);
     assert!(metrics.header("content-type").unwrap().starts_with("application/openmetrics-text"));
     for line in [

@@ -100,6 +100,15 @@ impl Tern {
         output_comes(&self.output, needle).await
     }
 
+    /// `host:port` of the admin endpoint, as `tern dev --admin-port` prints it.
+    pub fn admin_addr(&self) -> String {
+        self.output()
+            .lines()
+            .find_map(|l| l.strip_prefix("tern dev: metrics at http://")?.strip_suffix("/metrics"))
+            .expect("tern dev prints the admin address")
+            .to_string()
+    }
+
     /// The JSON log lines (stderr) as values.
     pub fn log_events(&self) -> Vec<serde_json::Value> {
         self.output().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
@@ -242,4 +251,14 @@ pub async fn send(client: &Client<HttpConnector, Body>, request: http::Request<B
 /// GET `path` on `tern` with Host `host`, over HTTP/1.1.
 pub async fn get(tern: &Tern, host: &str, path: &str) -> Answer {
     send(&http1(), tern.request("GET", host, path).body(empty()).unwrap()).await
+}
+
+/// `GET /metrics` at the admin endpoint `admin` (`host:port`).
+pub async fn scrape(admin: &str) -> Answer {
+    send(&http1(), http::Request::get(format!("http://{admin}/metrics")).body(empty()).unwrap()).await
+}
+
+/// The value of the sample `name` (with its labels, if any) in a metrics text.
+pub fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
