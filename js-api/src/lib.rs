@@ -225,6 +225,17 @@ pub fn extensions(egress: &egress::Egress) -> Vec<Extension> {
     extensions
 }
 
+/// Every JavaScript source of `extensions`: scripts and modules, loaded at boot or lazily.
+pub fn sources(extensions: &[Extension]) -> impl Iterator<Item = &deno_core::ExtensionFileSource> {
+    extensions.iter().flat_map(|e| {
+        e.js_files
+            .iter()
+            .chain(e.esm_files.iter())
+            .chain(e.lazy_loaded_esm_files.iter())
+            .chain(e.lazy_loaded_js_files.iter())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,15 +244,8 @@ mod tests {
     /// tree at run time, so it failed ("No such file or directory") anywhere else.
     #[test]
     fn bug_no_extension_source_is_read_from_disk_at_run_time() {
-        let on_disk: Vec<&str> = extensions(&egress::Egress::default())
-            .iter()
-            .flat_map(|e| {
-                e.js_files
-                    .iter()
-                    .chain(e.esm_files.iter())
-                    .chain(e.lazy_loaded_esm_files.iter())
-                    .chain(e.lazy_loaded_js_files.iter())
-            })
+        let extensions = extensions(&egress::Egress::default());
+        let on_disk: Vec<&str> = sources(&extensions)
             .filter(|f| matches!(f.code, ExtensionFileSourceCode::LoadedFromFsDuringSnapshot(_)))
             .map(|f| f.specifier)
             .collect();
