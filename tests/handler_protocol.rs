@@ -485,3 +485,27 @@ async fn bug_a_client_cannot_forge_request_cf_or_the_routers_headers() {
     assert_eq!(j["header"], serde_json::Value::Null);
     assert_eq!(j["ip"], "127.0.0.1");
 }
+
+#[tokio::test]
+async fn bug_a_response_stream_left_open_ended_cleanly_when_its_isolate_ended() {
+    // A function that sends part of a streamed body and never closes the stream: once its
+    // isolate ended (here evicted after its idle TTL; also on a kill while the stream's
+    // buffer was full), dropping the stream ended the body as if it were complete, and the
+    // client took a truncated body for the whole one. It must be cut off instead.
+    let p = Project::with_manifest(
+        "name = \"open\"\nmain = \"index.js\"\n[limits]\nwall_ms = 600000\n",
+        &[(
+            "index.js",
+            "export default { fetch() { return new Response(new ReadableStream({ start(c) { \
+             c.enqueue(new TextEncoder().encode('part;')); } })); } };",
+        )],
+    );
+    let tern = Tern::dev_with(&[p.path()], &["--isolate-idle-ttl", "1s"]);
+    let response = http1().request(tern.request("GET", "open.localhost", "/").body(empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(PATIENCE, body.frame()).await.expect("first chunk in time").unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "part;");
+    let rest = tokio::time::timeout(PATIENCE, body.collect()).await.expect("the isolate is evicted in time");
+    assert!(rest.is_err(), "the body ended as if complete: {:?}", rest.map(|b| b.to_bytes()));
+}

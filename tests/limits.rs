@@ -196,6 +196,38 @@ async fn bug_a_version_that_got_stuck_stranded_one_more_thread_per_request() {
 }
 
 #[tokio::test]
+async fn bug_the_requests_of_a_stuck_isolate_waited_for_the_wall_time_limit() {
+    // An isolate found stuck (its JS went on after termination) answered its requests only
+    // once its JS ended. A loop that catches its failing allocations ends only after seconds
+    // of full collections, and with its thread lowered to idle priority on a busy machine its
+    // request waited out the wall-time limit and got `wall_time_exceeded` instead of its
+    // memory kill. A microtask chain that forks never ends: its request, and those queued
+    // behind it, waited for the wall time too. The watchdog now answers them itself.
+    let p = with_limits("forks", "wall_ms = 600000", support::FORKING_MICROTASKS);
+    let tern = Tern::dev(&[p.path()]);
+    let (first, queued) =
+        tokio::join!(get(&tern, "forks.localhost", "/?fork"), get(&tern, "forks.localhost", "/?fork"));
+    for answer in [&first, &queued] {
+        assert_eq!((answer.status, answer.header("tern-error")), (503, Some("cpu_limit_exceeded")), "{}", answer.text);
+    }
+    let ids = [&first, &queued].map(|a| a.header("tern-request-id").expect("request id").to_string());
+    assert!(tern.wait_for_output("\"stuck\":true").await, "{}", tern.output());
+    let record = tern
+        .log_events()
+        .into_iter()
+        .find(|e| e["target"] == "tern::kill" && e["limit"] == "cpu_limit_exceeded")
+        .unwrap_or_else(|| panic!("no kill record: {}", tern.output()));
+    assert_eq!(record["stuck"], true, "{record}");
+    assert_eq!(record["function"], "forks", "{record}");
+    let named = record["requests"].as_str().unwrap();
+    assert!(ids.iter().any(|id| named.contains(id.as_str())), "{record} names neither of {ids:?}");
+    // The version is refused from then on, with the limit it was stopped at.
+    let refused = get(&tern, "forks.localhost", "/").await;
+    assert_eq!((refused.status, refused.header("tern-error")), (503, Some("cpu_limit_exceeded")));
+    assert!(refused.text.contains("not run again"), "{}", refused.text);
+}
+
+#[tokio::test]
 async fn code_generation_is_refused_by_default_without_breaking_instanceof() {
     let p = Project::new(
         "strict",

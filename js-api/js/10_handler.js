@@ -1,5 +1,6 @@
-// The Workers handler protocol: takes requests from the host (op_tern_next_request), builds
-// Request objects whose bodies stream from the host, calls the function's handler
+// The Workers handler protocol: takes requests from the host (op_tern_try_next_request, or
+// op_tern_next_request when none is waiting), builds Request objects whose bodies stream
+// from the host, calls the function's handler
 // (`export default { fetch(request, env, ctx) }` or a service-worker "fetch" listener) and
 // sends the Response back, streaming its body chunk by chunk. Failures become a tern-error
 // answer from the host; a function's failure never ends the serve loop.
@@ -14,6 +15,8 @@ import {
   op_tern_respond,
   op_tern_respond_stream,
   op_tern_respond_text,
+  op_tern_try_next_request,
+  op_tern_yield,
 } from "ext:core/ops";
 import { wasiFunction } from "ext:tern_api/20_wasi.js";
 
@@ -333,21 +336,48 @@ export function installHandlerProtocol({ streams, request, response, body, repor
     };
   }
 
+  // Requests taken in a row before the loop lets the event loop turn (see eachRequest).
+  const BURST = 16;
+
+  /**
+   * Calls `each` with every request the host sends, until it closes the queue. Requests
+   * already waiting are taken without a promise each. After BURST requests in a row the loop
+   * awaits op_tern_yield, which resolves only on the event loop's next turn: an async op that
+   * is ready at once (op_tern_next_request with requests queued) resolves without leaving JS,
+   * so while requests kept arriving, timers and I/O completions (a fetch's response) waited
+   * until the queue ran dry. The loop starts with that turn: `serve` runs inside the
+   * runtime's call that starts serving, and a request handled there would be metered as
+   * startup, not as a request.
+   */
+  async function eachRequest(each) {
+    let taken = BURST;
+    for (;;) {
+      if (taken === BURST) {
+        await op_tern_yield();
+        taken = 0;
+      }
+      let exchange = op_tern_try_next_request();
+      if (exchange === null) {
+        exchange = await op_tern_next_request();
+        if (exchange === null) return;
+        taken = 0;
+      }
+      taken++;
+      each(exchange);
+    }
+  }
+
   /** Serves a WebAssembly (WASI) function: the runner compiles its main module itself. */
   function serveWasi(mainPath, env) {
     const handleWasi = wasiFunction(mainPath, env);
-    (async () => {
-      for (;;) {
-        const exchange = await op_tern_next_request();
-        if (exchange === null) return;
-        try {
-          const pending = handleWasi([exchange[0], exchange[1], exchange[2], headerPairs(exchange[3]), exchange[4]]);
-          if (pending !== undefined) PromisePrototypeThen(pending, undefined, failed(exchange[0]));
-        } catch (e) {
-          op_tern_fail(exchange[0], "uncaught_exception", errorText(e));
-        }
+    eachRequest((exchange) => {
+      try {
+        const pending = handleWasi([exchange[0], exchange[1], exchange[2], headerPairs(exchange[3]), exchange[4]]);
+        if (pending !== undefined) PromisePrototypeThen(pending, undefined, failed(exchange[0]));
+      } catch (e) {
+        op_tern_fail(exchange[0], "uncaught_exception", errorText(e));
       }
-    })();
+    });
   }
 
   /**
@@ -374,18 +404,14 @@ export function installHandlerProtocol({ streams, request, response, body, repor
           "or call `addEventListener(\"fetch\", (event) => event.respondWith(...))`",
       );
     }
-    (async () => {
-      for (;;) {
-        const exchange = await op_tern_next_request();
-        if (exchange === null) return;
-        try {
-          handle(handler, exchange);
-        } catch (e) {
-          // handle() answers every failure itself; this only keeps the loop alive.
-          reportUncaught("in the handler protocol", e);
-        }
+    eachRequest((exchange) => {
+      try {
+        handle(handler, exchange);
+      } catch (e) {
+        // handle() answers every failure itself; this only keeps the loop alive.
+        reportUncaught("in the handler protocol", e);
       }
-    })();
+    });
   }
   return serve;
 }

@@ -143,6 +143,8 @@ deno_core::extension!(
         op_tern_module_bytes,
         console::op_tern_log,
         exchange::op_tern_next_request,
+        exchange::op_tern_try_next_request,
+        exchange::op_tern_yield,
         exchange::op_tern_body_read,
         exchange::op_tern_respond,
         exchange::op_tern_respond_text,

@@ -6,7 +6,10 @@
 //! `startup_cpu`, the event loop against `cpu_per_request`. A breach terminates the isolate;
 //! its in-flight requests fail with the limit's `tern-error`, one structured kill record is
 //! written (target `tern::kill`), and the inbox goes back to the pool so that a fresh
-//! isolate serves what is queued. A version whose modules fail to load (or breach the
+//! isolate serves what is queued. An isolate whose JS goes on after termination (stuck) is
+//! not waited for: the watchdog answers its requests and writes the record
+//! (`kill::Stranding`).
+//! A version whose modules fail to load (or breach the
 //! startup limit) answers every request with that failure, without booting again, since
 //! versions are immutable.
 
@@ -27,6 +30,7 @@ use tern_js_api::{FunctionEnv, ModuleBytes, ServeEntry};
 use tern_proto::{Bundle, Limits, ModulePath};
 use tokio::sync::mpsc;
 
+use crate::kill::{KillRecord, Stranding, failure_for};
 use crate::loader::{BundleModuleLoader, WARM_UP_MODULE, display_specifier};
 use crate::memory::{HeapSampling, MemoryMeter};
 use crate::meter::{Allowance, BACKGROUND_PERIOD, Breach, Tripwire};
@@ -168,6 +172,18 @@ impl WarmIsolate {
             tern_js_api::egress::put_policy(&mut state, &widened.policy);
             state.put(tern_js_api::egress::fetch_options(&widened));
         }
+        let in_flight = InFlight::default();
+        let stranding = Stranding {
+            identity: identity.clone(),
+            limits,
+            inbox: inbox.downgrade(),
+            replies: in_flight.replies(),
+            tripwire: Arc::downgrade(&tripwire),
+            memory: Arc::downgrade(&memory),
+            kills: stats.kill_counter(),
+        };
+        tripwire.on_stuck(Box::new(move |breach| stranding.answer(breach)));
+        js.op_state().borrow_mut().put(in_flight);
         let mut function = Function { identity, limits, tripwire, memory, stats, startup_used: Duration::ZERO };
         let started = Instant::now();
         let loaded = function.load(&mut js, &loader, &bundle, &inbox).await;
@@ -197,6 +213,8 @@ impl WarmIsolate {
         drop(lane);
         match ending {
             None => Ending::Finished,
+            // Found stuck: what was queued has been answered and the queue closed.
+            Some(()) if function.tripwire.was_stuck() => Ending::Finished,
             Some(()) => match inbox.into_receiver() {
                 Some(rx) => Ending::Died(rx),
                 None => Ending::Finished,
@@ -221,28 +239,7 @@ struct Function<'s> {
 
 impl Function<'_> {
     fn new_failure(&self, breach: Breach) -> Failure {
-        let l = &self.limits;
-        let (kind, detail) = match breach {
-            Breach::Cpu => (
-                FailureKind::CpuLimitExceeded,
-                format!(
-                    "the function used more than its CPU time limit of {} ms per request",
-                    l.cpu_per_request.as_millis()
-                ),
-            ),
-            Breach::Startup => (
-                FailureKind::StartupLimitExceeded,
-                format!(
-                    "evaluating the function's modules used more than its startup CPU limit of {} ms",
-                    l.startup_cpu.as_millis()
-                ),
-            ),
-            Breach::Memory => (
-                FailureKind::MemoryLimitExceeded,
-                format!("the isolate used more than its memory limit of {} MiB", l.memory_bytes / (1024 * 1024)),
-            ),
-        };
-        Failure { kind, detail }
+        failure_for(breach, &self.limits)
     }
 
     /// Runs `fut` (JS work on `js`) metered against the startup budget, poll by poll.
@@ -301,7 +298,6 @@ impl Function<'_> {
             let mut state = state.borrow_mut();
             state.put(self.identity.clone());
             state.put(inbox.clone());
-            state.put(InFlight::default());
             state.put(SubrequestLimit(bundle.manifest.limits.subrequests));
             state.put(FunctionEnv::from_vars(&bundle.manifest.vars));
             state.put::<Rc<dyn ModuleBytes>>(Rc::new(BundleFiles(bundle.clone())));
@@ -344,7 +340,8 @@ impl Function<'_> {
             };
             (v8::Global::new(scope, local.cast::<v8::Value>()), v8::Global::new(scope, wasi_main))
         };
-        let call = js.call_with_args(&serve.0, &[namespace, wasi_main]);
+        // The call runs the serve entry at once: metered like the rest of the startup.
+        let call = self.startup_sync(|| js.call_with_args(&serve.0, &[namespace, wasi_main]));
         let started = self.startup(js.with_event_loop_promise(Box::pin(call), PollEventLoopOptions::default())).await;
         self.stats.add_cpu(self.startup_used);
         started.map_err(|e| self.startup_failure(js, format!("{} ({})", e, display_specifier(main.as_str()))))?;
@@ -444,24 +441,24 @@ impl Function<'_> {
         Some(())
     }
 
-    /// The structured record of a kill: one JSON log line (target `tern::kill`) and a counter.
-    /// `phase` is `startup` (module evaluation) or `request` (serving).
+    /// The structured record of a kill (see [`KillRecord`]), unless the watchdog wrote it
+    /// already when it found the isolate stuck.
     fn record_kill(&self, js: &mut JsRuntime, kind: FailureKind, phase: &str, cpu: Duration, requests: &[RequestId]) {
+        if !self.tripwire.claim_kill_record() {
+            return;
+        }
         let heap = js.v8_isolate().get_heap_statistics().total_heap_size();
-        let requests: Vec<String> = requests.iter().map(ToString::to_string).collect();
-        tracing::warn!(
-            target: "tern::kill",
-            function = %self.identity.name,
-            version = %self.identity.version,
-            limit = kind.code(),
+        KillRecord {
+            identity: &self.identity,
+            kind,
             phase,
-            cpu_ms = cpu.as_secs_f64() * 1000.0,
-            heap_bytes = heap,
-            array_buffer_bytes = self.memory.array_buffer_bytes(),
-            requests = %requests.join(","),
-            "function killed: {}",
-            kind.code()
-        );
+            cpu,
+            heap: Some(heap),
+            array_buffers: self.memory.array_buffer_bytes(),
+            requests,
+            stuck: false,
+        }
+        .write();
         self.stats.count_kill(kind);
     }
 }

@@ -55,6 +55,11 @@ impl MemoryMeter {
         self.array_buffers.load(Ordering::Relaxed)
     }
 
+    /// The engine heap at the last sample.
+    pub fn last_heap(&self) -> usize {
+        self.heap.load(Ordering::Relaxed)
+    }
+
     pub fn record_heap(&self, bytes: usize) {
         self.heap.store(bytes, Ordering::Relaxed);
     }

@@ -76,8 +76,17 @@ pub struct Tripwire {
     tid: libc::pid_t,
     tripped_at: std::sync::Mutex<Option<std::time::Instant>>,
     stuck: std::sync::atomic::AtomicBool,
-    on_stuck: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Called, in order, on the watchdog's thread when the isolate is found stuck.
+    on_stuck: std::sync::Mutex<Vec<OnStuck>>,
+    /// CPU clock reading (ns) when the JS now running started.
+    armed_at_ns: AtomicU64,
+    /// Set by whoever writes the kill record of this isolate's breach (see
+    /// [`Self::claim_kill_record`]).
+    kill_recorded: std::sync::atomic::AtomicBool,
 }
+
+/// What to do when an isolate is found stuck, given the breach it was stopped for.
+pub type OnStuck = Box<dyn Fn(Breach) + Send + Sync>;
 
 /// How long terminated JS may go on before its isolate is declared stuck.
 pub const STUCK_AFTER: Duration = Duration::from_secs(1);
@@ -95,7 +104,9 @@ impl Tripwire {
             tid: unsafe { libc::gettid() },
             tripped_at: std::sync::Mutex::new(None),
             stuck: std::sync::atomic::AtomicBool::new(false),
-            on_stuck: std::sync::OnceLock::new(),
+            on_stuck: std::sync::Mutex::new(Vec::new()),
+            armed_at_ns: AtomicU64::new(0),
+            kill_recorded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -107,6 +118,7 @@ impl Tripwire {
     pub fn arm(&self, now: Duration, allowance: Duration, limit: Breach) {
         let deadline = (now + allowance).as_nanos().min(u64::MAX as u128) as u64;
         self.armed_for.store(limit as u8, Ordering::Relaxed);
+        self.armed_at_ns.store(now.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
         self.deadline_ns.store(deadline.max(1), Ordering::Release);
     }
 
@@ -153,13 +165,17 @@ impl Tripwire {
         }
     }
 
-    /// What to do once the isolate is found stuck: the pool moves its function elsewhere.
-    pub fn on_stuck(&self, f: Box<dyn Fn() + Send + Sync>) {
-        let _ = self.on_stuck.set(f);
+    /// What to do once the isolate is found stuck, with the breach it was terminated for:
+    /// the pool moves its function elsewhere, the isolate answers what it owes. Runs on the
+    /// watchdog's thread, in the order registered.
+    pub fn on_stuck(&self, f: OnStuck) {
+        self.on_stuck.lock().unwrap_or_else(|p| p.into_inner()).push(f);
     }
 
     /// JS still running [`STUCK_AFTER`] after termination cannot be stopped in this process
-    /// (on quickjs, a chain of microtasks each re-queuing the next swallows termination).
+    /// (on quickjs, a chain of microtasks each re-queuing the next swallows termination; a
+    /// loop that catches failing allocations runs a full collection per allocation and
+    /// reaches the engine's interrupt check only after seconds).
     /// Its thread is lowered to the least CPU priority and the pool stops running its version;
     /// the thread is lost until the process is replaced, unless the JS ends after all.
     fn quarantine_if_stuck(&self) {
@@ -168,9 +184,22 @@ impl Tripwire {
             return;
         }
         crate::priority::quarantine(self.tid);
-        if let Some(f) = self.on_stuck.get() {
-            f();
+        let breach = self.tripped().unwrap_or(Breach::Cpu);
+        for f in self.on_stuck.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            f(breach);
         }
+    }
+
+    /// CPU time the JS now running (or last run) has used since it started.
+    pub fn stretch_cpu(&self) -> Duration {
+        self.clock.now().saturating_sub(Duration::from_nanos(self.armed_at_ns.load(Ordering::Relaxed)))
+    }
+
+    /// True for the first caller only: the isolate's thread once its JS has unwound, or the
+    /// watchdog's when it finds the isolate stuck, whichever comes first, writes the one
+    /// kill record of the breach.
+    pub fn claim_kill_record(&self) -> bool {
+        !self.kill_recorded.swap(true, Ordering::AcqRel)
     }
 
     /// Whether the isolate was found stuck (see [`Self::on_stuck`]).

@@ -17,8 +17,10 @@
 //!
 //! An isolate whose JS went on after termination is stuck: its thread cannot be stopped
 //! and is quarantined (see [`crate::meter::Tripwire`]). While it runs, its version is not
-//! run again in this process: its requests are answered `cpu_limit_exceeded` at once, so
-//! hostile code strands at most one thread (and one heap) per version, not one per request.
+//! run again in this process: its requests are answered at once with the limit it was
+//! stopped at, so hostile code strands at most one thread (and one heap) per version, not
+//! one per request. What the stuck isolate owed is answered without it (see
+//! `kill::Stranding`).
 //!
 //! Isolates are evicted (moka) after [`IsolateConfig::idle_ttl`] without a request, and,
 //! least recently used first, as soon as their estimated footprint passes
@@ -36,6 +38,7 @@ use tern_proto::{Bundle, BundleId, Limits};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::isolate::{Ending, Shape, WarmIsolate};
+use crate::meter::Breach;
 use crate::priority;
 use crate::stats::RuntimeStats;
 
@@ -100,7 +103,7 @@ struct Shared {
     refill: Mutex<std::sync::mpsc::Sender<()>>,
     stats: RuntimeStats,
     /// Versions that had a stuck isolate: not run again.
-    stuck: Mutex<std::collections::HashSet<BundleId>>,
+    stuck: Mutex<HashMap<BundleId, Breach>>,
 }
 
 /// The isolate serving the current version of one function.
@@ -159,7 +162,7 @@ impl Isolates {
                 warm: Mutex::new(VecDeque::new()),
                 refill: Mutex::new(refill),
                 stats: RuntimeStats::default(),
-                stuck: Mutex::new(std::collections::HashSet::new()),
+                stuck: Mutex::new(HashMap::new()),
             }
         });
         let weak = Arc::downgrade(&shared);
@@ -202,15 +205,9 @@ impl Isolates {
 
     /// Hands `exchange` to the isolate of `bundle`, starting one if needed.
     pub fn dispatch(&self, bundle: Arc<Bundle>, exchange: Exchange) {
-        if lock(&self.shared.stuck).contains(&bundle.id()) {
-            let detail = format!(
-                "function {:?} (version {}) ran on after it was stopped at its CPU limit (a microtask chain \
-                 that outgrows termination), so its isolate was quarantined; this version is not run again \
-                 on this node: deploy a fixed one",
-                bundle.name(),
-                bundle.id().short()
-            );
-            let _ = exchange.reply.send(Reply::Failed(Failure { kind: FailureKind::CpuLimitExceeded, detail }));
+        if let Some(&breach) = lock(&self.shared.stuck).get(&bundle.id()) {
+            let failure = crate::kill::quarantined(&bundle.id().short(), breach);
+            let _ = exchange.reply.send(Reply::Failed(failure));
             return;
         }
         let mut slots = lock(&self.shared.slots);
@@ -388,12 +385,12 @@ fn isolate_thread(shared: Arc<Shared>, start: Start) {
         };
         let bundle = binding.bundle.clone();
         let (weak, name, version) = (Arc::downgrade(&shared), bundle.name().to_string(), bundle.id());
-        isolate.tripwire().on_stuck(Box::new(move || {
+        isolate.tripwire().on_stuck(Box::new(move |breach| {
             tracing::error!(target: "tern::kill", function = %name, version = %version.short(),
                 "isolate stuck after termination: its thread is quarantined and this version is not run again here");
             if let Some(shared) = weak.upgrade() {
                 shared.stats.stuck_isolates.inc();
-                lock(&shared.stuck).insert(version);
+                lock(&shared.stuck).insert(version, breach);
                 let mut slots = lock(&shared.slots);
                 if slots.get(&name).is_some_and(|s| s.version == version) {
                     slots.remove(&name);

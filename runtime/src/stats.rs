@@ -24,6 +24,19 @@ pub struct LimitLabel {
 const RUNTIME_LIMITS: [FailureKind; 3] =
     [FailureKind::CpuLimitExceeded, FailureKind::MemoryLimitExceeded, FailureKind::StartupLimitExceeded];
 
+/// See [`RuntimeStats::kill_counter`].
+#[derive(Clone)]
+pub struct KillCounter(Family<LimitLabel, Counter>);
+
+impl KillCounter {
+    /// Counts a kill for the limit `kind` stands for, as [`RuntimeStats::count_kill`].
+    pub fn count(&self, kind: FailureKind) {
+        if RUNTIME_LIMITS.contains(&kind) {
+            self.0.get_or_create(&LimitLabel { limit: kind.code() }).inc();
+        }
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct RuntimeStats {
     /// Isolates bound to a function and serving.
@@ -55,9 +68,12 @@ impl RuntimeStats {
     /// Counts a kill for the limit `kind` stands for (other kinds are not the runtime's kills;
     /// wall time is counted by the node).
     pub fn count_kill(&self, kind: FailureKind) {
-        if RUNTIME_LIMITS.contains(&kind) {
-            self.kills.get_or_create(&LimitLabel { limit: kind.code() }).inc();
-        }
+        self.kill_counter().count(kind);
+    }
+
+    /// The kill counts alone, for a thread that holds no `RuntimeStats` (the watchdog's).
+    pub fn kill_counter(&self) -> KillCounter {
+        KillCounter(self.kills.clone())
     }
 
     /// Every figure as it is now.

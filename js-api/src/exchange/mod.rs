@@ -2,32 +2,38 @@
 //! response crosses back, with bodies streaming both ways.
 //!
 //! The host puts [`Exchange`]s into the isolate's [`Inbox`]; the handler glue
-//! (`js/20_handler.js`) pulls them with `op_tern_next_request`, reads the request body on
-//! demand with `op_tern_body_read`, and answers with `op_tern_respond` plus, for a streamed
-//! body, `op_tern_body_write`/`op_tern_body_close`. Nothing here buffers a whole body.
-//! Ops decode, borrow state and call the plain functions below; they know no HTTP server.
+//! (`js/10_handler.js`) takes those already waiting with `op_tern_try_next_request`,
+//! awaits the next with `op_tern_next_request` and lets the event loop turn between bursts
+//! with `op_tern_yield`, reads the request body on demand with `op_tern_body_read`, and
+//! answers with `op_tern_respond` plus, for a streamed body,
+//! `op_tern_body_write`/`op_tern_body_close`. Nothing here buffers a whole body. What the
+//! isolate holds of each exchange it took is [`InFlight`] (`in_flight`); the response body
+//! as it leaves is [`ResponseBody`] (`body`). Ops decode, borrow state and call the plain
+//! functions; they know no HTTP server.
+
+mod body;
+mod in_flight;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use deno_core::convert::ByteString;
 use deno_core::convert::Uint8Array;
 use deno_core::{OpState, op2};
 use deno_error::JsErrorBox;
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use tern_proto::forwarding::CF_HEADER;
 use tokio::sync::{mpsc, oneshot};
+
+pub use body::{ResponseBody, StreamAborted, StreamBody};
+pub use in_flight::{InFlight, Replies};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The request body as the host hands it over: any streaming body.
 pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
-
-/// Chunks of a streamed response body in flight between the isolate and the connection.
-const RESPONSE_CHANNEL_CHUNKS: usize = 8;
 
 /// One request on its way into a function, and the slot its answer goes into.
 pub struct Exchange {
@@ -128,68 +134,59 @@ impl FailureKind {
     }
 }
 
-/// A response body: empty, one buffer, chunks streamed from the isolate, or a body piped
-/// from an isolate host process.
-pub enum ResponseBody {
-    Full(Option<Bytes>),
-    Stream(mpsc::Receiver<Result<Bytes, StreamAborted>>),
-    Piped(http_body_util::combinators::BoxBody<Bytes, StreamAborted>),
-}
-
-/// The function's response stream errored after the head was sent.
-#[derive(Debug, thiserror::Error)]
-#[error("the function's response stream failed: {0}")]
-pub struct StreamAborted(pub String);
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = StreamAborted;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamAborted>>> {
-        match self.get_mut() {
-            Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Self::Stream(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|r| r.map(Frame::data))),
-            Self::Piped(body) => Pin::new(body).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Full(None) => true,
-            Self::Piped(body) => body.is_end_stream(),
-            _ => false,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Self::Full(None) => SizeHint::with_exact(0),
-            Self::Stream(_) => SizeHint::default(),
-            Self::Piped(body) => body.size_hint(),
-        }
-    }
-}
-
-/// The isolate's queue of incoming exchanges. Shared (`Rc`) between the host and the
-/// isolate's state; once the isolate is dropped, [`Inbox::into_receiver`] takes the queue
-/// back so that a replacement isolate serves what is still queued.
+/// The isolate's queue of incoming exchanges. Shared between the host and the isolate's
+/// state; once the isolate is dropped, [`Inbox::into_receiver`] takes the queue back so that
+/// a replacement isolate serves what is still queued. A [`WeakInbox`] lets another thread
+/// answer what is queued when the isolate's own thread cannot ([`WeakInbox::strand`]).
 #[derive(Clone)]
-pub struct Inbox(Rc<RefCell<mpsc::UnboundedReceiver<Exchange>>>);
+pub struct Inbox(Arc<Mutex<mpsc::UnboundedReceiver<Exchange>>>);
 
 impl Inbox {
     pub fn new(rx: mpsc::UnboundedReceiver<Exchange>) -> Self {
-        Self(Rc::new(RefCell::new(rx)))
+        Self(Arc::new(Mutex::new(rx)))
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, mpsc::UnboundedReceiver<Exchange>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The next exchange, or `None` once the host has closed the queue (version replaced).
     pub async fn next(&self) -> Option<Exchange> {
-        std::future::poll_fn(|cx| self.0.borrow_mut().poll_recv(cx)).await
+        std::future::poll_fn(|cx| self.queue().poll_recv(cx)).await
+    }
+
+    /// The next exchange if one is waiting now (`None` also once the queue is closed).
+    pub fn try_next(&self) -> Option<Exchange> {
+        self.queue().try_recv().ok()
     }
 
     /// The queue itself, to hand to a replacement isolate; `None` while another clone lives.
     pub fn into_receiver(self) -> Option<mpsc::UnboundedReceiver<Exchange>> {
-        Rc::try_unwrap(self.0).ok().map(RefCell::into_inner)
+        Arc::try_unwrap(self.0).ok().map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A handle that does not keep the queue from [`Self::into_receiver`].
+    pub fn downgrade(&self) -> WeakInbox {
+        WeakInbox(Arc::downgrade(&self.0))
+    }
+}
+
+/// See [`Inbox::downgrade`].
+pub struct WeakInbox(Weak<Mutex<mpsc::UnboundedReceiver<Exchange>>>);
+
+impl WeakInbox {
+    /// Closes the queue and answers everything in it with `failure`, from any thread: for an
+    /// isolate whose thread is lost to JS that will not stop. Returns how many were answered.
+    pub fn strand(&self, failure: &Failure) -> usize {
+        let Some(queue) = self.0.upgrade() else { return 0 };
+        let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.close();
+        let mut answered = 0;
+        while let Ok(exchange) = queue.try_recv() {
+            let _ = exchange.reply.send(Reply::Failed(failure.clone()));
+            answered += 1;
+        }
+        answered
     }
 }
 
@@ -204,141 +201,6 @@ pub struct FunctionIdentity {
 /// now running go on for that request's allowance too (one poll of the event loop may take
 /// and answer a whole queue of requests).
 pub struct OnTaken(pub Box<dyn Fn()>);
-
-/// Exchanges taken by the isolate and not yet finished, with the CPU time charged to each.
-#[derive(Default)]
-pub struct InFlight {
-    next_id: u32,
-    entries: HashMap<u32, Entry>,
-    /// Requests in flight at some moment since the last [`Self::charge`]: those left over
-    /// from it and those taken since, finished or not.
-    touched: usize,
-}
-
-struct Entry {
-    request: RequestId,
-    hops: u32,
-    /// Outbound fetches charged to this request.
-    subrequests: u32,
-    /// CPU time of the isolate charged to this request so far.
-    cpu: std::time::Duration,
-    body: Option<RequestBody>,
-    reply: Option<oneshot::Sender<Reply>>,
-    stream: Option<mpsc::Sender<Result<Bytes, StreamAborted>>>,
-}
-
-impl InFlight {
-    fn insert(
-        &mut self,
-        exchange_id: (RequestId, u32),
-        body: Option<RequestBody>,
-        reply: oneshot::Sender<Reply>,
-    ) -> u32 {
-        self.next_id = self.next_id.wrapping_add(1);
-        let (request, hops) = exchange_id;
-        let entry = Entry {
-            request,
-            hops,
-            subrequests: 0,
-            cpu: std::time::Duration::ZERO,
-            body,
-            reply: Some(reply),
-            stream: None,
-        };
-        self.entries.insert(self.next_id, entry);
-        self.touched += 1;
-        self.next_id
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The hop count an outbound request made now carries: one more than the most any
-    /// request in flight came with. (Without per-request async context, concurrent requests
-    /// share the highest count: a loop is never missed, a fetch may be counted high.)
-    pub fn outbound_hops(&self) -> u32 {
-        self.entries.values().map(|e| e.hops).max().unwrap_or(0) + 1
-    }
-
-    /// Charges an outbound fetch made now to the request in flight that has made the fewest.
-    /// Without per-request async context a fetch cannot be told apart between concurrent
-    /// requests; charged this way, the isolate's requests together make at most `limit` each,
-    /// and none is refused while another still has room (charging every request in flight
-    /// for each fetch refused a proxy's one fetch per request once 50 were in flight).
-    /// Refused once every request in flight has made `limit`.
-    pub fn count_subrequest(&mut self, limit: u32) -> Result<(), String> {
-        let Some(least) = self.entries.values_mut().min_by_key(|e| e.subrequests) else {
-            return Ok(());
-        };
-        if least.subrequests >= limit {
-            return Err(if self.entries.len() == 1 {
-                format!(
-                    "{SUBREQUEST_LIMIT_MESSAGE}: this request already made {limit} outbound fetches, its limit \
-                     (limits.subrequests)"
-                )
-            } else {
-                format!(
-                    "{SUBREQUEST_LIMIT_MESSAGE}: the {} requests in flight in this isolate already made {limit} \
-                     outbound fetches each, their limit (limits.subrequests)",
-                    self.entries.len()
-                )
-            });
-        }
-        least.subrequests += 1;
-        Ok(())
-    }
-
-    /// The most CPU time charged to any request in flight.
-    pub fn max_charged(&self) -> std::time::Duration {
-        self.entries.values().map(|e| e.cpu).max().unwrap_or_default()
-    }
-
-    /// Charges `cpu`, used since the last charge, in equal parts to every request in flight at
-    /// some moment of that time: the shares of those that have finished since go nowhere.
-    /// False when no request was in flight at all (the CPU is background work).
-    pub fn charge(&mut self, cpu: std::time::Duration) -> bool {
-        let n = u32::try_from(self.touched).unwrap_or(u32::MAX);
-        self.touched = self.entries.len();
-        if n == 0 {
-            return false;
-        }
-        let share = cpu / n;
-        self.entries.values_mut().for_each(|e| e.cpu += share);
-        true
-    }
-
-    /// The requests in flight.
-    pub fn requests(&self) -> Vec<RequestId> {
-        self.entries.values().map(|e| e.request).collect()
-    }
-
-    /// Forgets requests nobody waits for any more: the client left, or the host gave up on
-    /// them (wall time). The function's later calls for them fail quietly.
-    pub fn forget_abandoned(&mut self) {
-        self.entries.retain(|_, e| match (&e.reply, &e.stream) {
-            (Some(reply), _) => !reply.is_closed(),
-            (None, Some(stream)) => !stream.is_closed(),
-            (None, None) => true,
-        });
-    }
-
-    /// Fails every exchange still open: used when the isolate dies under them.
-    pub fn fail_all(&mut self, failure: &Failure) {
-        for (_, mut entry) in self.entries.drain() {
-            if let Some(reply) = entry.reply.take() {
-                let _ = reply.send(Reply::Failed(failure.clone()));
-            }
-            if let Some(stream) = entry.stream.take() {
-                let _ = stream.try_send(Err(StreamAborted(failure.detail.clone())));
-            }
-        }
-    }
-}
 
 fn unknown(id: u32) -> JsErrorBox {
     JsErrorBox::type_error(format!("request {id} is already finished"))
@@ -373,18 +235,16 @@ fn respond(state: &mut OpState, id: u32, status: u16, headers: &str, body: Respo
         head.headers_mut().append(header, value);
     }
     let table = state.borrow_mut::<InFlight>();
-    let entry = table.entries.get_mut(&id).ok_or_else(|| unknown(id))?;
-    let reply = entry.reply.take().ok_or_else(|| JsErrorBox::type_error("response already sent"))?;
+    if !table.entries.contains_key(&id) {
+        return Err(unknown(id));
+    }
+    let reply = table.replies.take(id).ok_or_else(|| JsErrorBox::type_error("response already sent"))?;
     let body = match body {
         ResponseBodyInit::Full(bytes) => {
             table.entries.remove(&id);
             ResponseBody::Full(bytes.filter(|b| !b.is_empty()))
         }
-        ResponseBodyInit::Stream => {
-            let (tx, rx) = mpsc::channel(RESPONSE_CHANNEL_CHUNKS);
-            entry.stream = Some(tx);
-            ResponseBody::Stream(rx)
-        }
+        ResponseBodyInit::Stream => ResponseBody::Stream(table.start_stream(id).expect("checked above")),
     };
     // The client may be gone already; that is not the function's error.
     let _ = reply.send(Reply::Response(head.map(|()| body)));
@@ -406,24 +266,44 @@ enum ResponseBodyInit {
 /// the JSON the node put in the `tern-cf` header for `request.cf` (the header itself is not
 /// passed on), or `null`.
 #[op2]
-pub async fn op_tern_next_request(
-    state: Rc<RefCell<OpState>>,
-) -> Option<(u32, String, String, ByteString, bool, Option<String>)> {
+pub async fn op_tern_next_request(state: Rc<RefCell<OpState>>) -> Option<NextRequest> {
     let inbox = state.borrow().borrow::<Inbox>().clone();
     let exchange = inbox.next().await?;
+    Some(take(&mut state.borrow_mut(), exchange))
+}
+
+/// The next request if one is already waiting, else `null` (then the serve loop awaits
+/// [`op_tern_next_request`]): a queue of requests is taken without a promise, and a microtask
+/// to resume the loop, for each.
+#[op2]
+pub fn op_tern_try_next_request(state: &mut OpState) -> Option<NextRequest> {
+    let exchange = state.borrow::<Inbox>().try_next()?;
+    Some(take(state, exchange))
+}
+
+/// Resolves on the event loop's next turn, never at once (a deferred op is not polled when
+/// it is called): the serve loop awaits it after a burst of requests, so that timers and I/O
+/// completions get their turn while requests keep arriving. An async op that is ready when
+/// called resolves without leaving JS, so awaiting [`op_tern_next_request`] with requests
+/// queued never lets them run.
+#[op2(async(deferred), fast)]
+pub async fn op_tern_yield() {}
+
+/// What the serve loop gets for one request: `[id, method, url, headers, hasBody, cf]`.
+type NextRequest = (u32, String, String, ByteString, bool, Option<String>);
+
+/// Puts a request the JS takes in flight.
+fn take(state: &mut OpState, exchange: Exchange) -> NextRequest {
     let (mut parts, body) = exchange.request.into_parts();
     let cf = parts.headers.remove(CF_HEADER).and_then(|v| v.to_str().ok().map(str::to_string));
     let has_body = !body.is_end_stream() && !matches!(parts.method, http::Method::GET | http::Method::HEAD);
     let headers = ByteString::from(header_lines(&parts.headers));
-    let id = state.borrow_mut().borrow_mut::<InFlight>().insert(
-        (exchange.id, exchange.hops),
-        has_body.then_some(body),
-        exchange.reply,
-    );
-    if let Some(taken) = state.borrow().try_borrow::<OnTaken>() {
+    let id =
+        state.borrow_mut::<InFlight>().insert((exchange.id, exchange.hops), has_body.then_some(body), exchange.reply);
+    if let Some(taken) = state.try_borrow::<OnTaken>() {
         (taken.0)();
     }
-    Some((id, parts.method.to_string(), exchange.url, headers, has_body, cf))
+    (id, parts.method.to_string(), exchange.url, headers, has_body, cf)
 }
 
 /// A header map as `name:value` lines joined by `\n` (names hold no colon, and neither
@@ -530,7 +410,11 @@ pub async fn op_tern_body_write(state: Rc<RefCell<OpState>>, id: u32, chunk: Uin
     let tx = {
         let s = state.borrow();
         let entry = s.borrow::<InFlight>().entries.get(&id).ok_or_else(|| unknown(id))?;
-        entry.stream.clone().ok_or_else(|| JsErrorBox::type_error("response is not streaming"))?
+        entry
+            .stream
+            .as_ref()
+            .map(|s| s.chunks.clone())
+            .ok_or_else(|| JsErrorBox::type_error("response is not streaming"))?
     };
     if chunk.0.is_empty() {
         return Ok(());
@@ -546,7 +430,11 @@ pub async fn op_tern_body_write(state: Rc<RefCell<OpState>>, id: u32, chunk: Uin
 #[op2]
 pub fn op_tern_body_write_sync(state: &mut OpState, id: u32, #[anybuffer] chunk: &[u8]) -> Result<(), JsErrorBox> {
     let entry = state.borrow::<InFlight>().entries.get(&id).ok_or_else(|| unknown(id))?;
-    let tx = entry.stream.clone().ok_or_else(|| JsErrorBox::type_error("response is not streaming"))?;
+    let tx = entry
+        .stream
+        .as_ref()
+        .map(|s| s.chunks.clone())
+        .ok_or_else(|| JsErrorBox::type_error("response is not streaming"))?;
     if chunk.is_empty() {
         return Ok(());
     }
@@ -562,7 +450,7 @@ pub fn op_tern_body_write_sync(state: &mut OpState, id: u32, #[anybuffer] chunk:
 /// Ends a streamed response normally.
 #[op2(fast)]
 pub fn op_tern_body_close(state: &mut OpState, id: u32) {
-    state.borrow_mut::<InFlight>().entries.remove(&id);
+    state.borrow_mut::<InFlight>().close(id);
 }
 
 /// Put in the isolate's state when JS ran out of heap; the host then ends the isolate.
@@ -581,9 +469,10 @@ pub fn is_out_of_memory(text: &str) -> bool {
 /// after it, the stream is aborted.
 #[op2(fast)]
 pub fn op_tern_fail(state: &mut OpState, id: u32, #[string] kind: &str, #[string] detail: String) {
-    let Some(mut entry) = state.borrow_mut::<InFlight>().entries.remove(&id) else {
+    let Some((entry, owed)) = state.borrow_mut::<InFlight>().end(id) else {
         return;
     };
+    let request = entry.request;
     let mut failure = Failure { kind: FailureKind::from_code(kind), detail: detail.replace(crate::MODULE_ROOT, "") };
     if failure.kind == FailureKind::UncaughtException && failure.detail.contains(SUBREQUEST_LIMIT_MESSAGE) {
         failure.kind = FailureKind::SubrequestLimitExceeded;
@@ -593,7 +482,7 @@ pub fn op_tern_fail(state: &mut OpState, id: u32, #[string] kind: &str, #[string
     if matches!(failure.kind, FailureKind::SubrequestLimitExceeded | FailureKind::MemoryLimitExceeded) {
         let function = state.borrow::<FunctionIdentity>();
         tracing::warn!(target: "tern::kill", function = %function.name, version = %function.version,
-            limit = failure.kind.code(), phase = "request", requests = %entry.request,
+            limit = failure.kind.code(), phase = "request", requests = %request,
             "function killed: {}", failure.kind.code());
     }
     let refused =
@@ -613,15 +502,16 @@ pub fn op_tern_fail(state: &mut OpState, id: u32, #[string] kind: &str, #[string
         "{}",
         failure.detail
     );
-    if let Some(reply) = entry.reply.take() {
+    if let Some(reply) = owed.reply {
         let _ = reply.send(Reply::Failed(failure));
-    } else if let Some(stream) = entry.stream.take() {
-        let _ = stream.try_send(Err(StreamAborted(failure.detail)));
+    } else if let Some(abort) = owed.abort {
+        let _ = abort.send(failure.detail);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn request_headers_cross_as_lines_with_their_bytes_in_order() {
@@ -633,65 +523,6 @@ mod tests {
         assert_eq!(header_lines(&http::HeaderMap::new()), b"");
     }
 
-    use std::time::Duration;
-
-    use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    fn take(f: &mut InFlight, n: u64) -> u32 {
-        f.insert((RequestId(n), 0), None, oneshot::channel().0)
-    }
-
-    fn charged(f: &InFlight) -> Vec<Duration> {
-        let mut c: Vec<_> = f.entries.values().map(|e| e.cpu).collect();
-        c.sort();
-        c
-    }
-
-    #[test]
-    fn bug_cpu_of_requests_finished_within_a_stretch_went_to_those_left() {
-        // One stretch takes and answers three requests and takes a fourth: the fourth is
-        // charged a quarter of the stretch, not all of it.
-        let mut f = InFlight::default();
-        for n in 0..3 {
-            let id = take(&mut f, n);
-            f.entries.remove(&id);
-        }
-        take(&mut f, 3);
-        assert!(f.charge(8 * MS));
-        assert_eq!(charged(&f), [2 * MS]);
-    }
-
-    #[test]
-    fn bug_one_fetch_per_request_was_refused_with_fifty_requests_in_flight() {
-        let mut f = InFlight::default();
-        for n in 0..64 {
-            take(&mut f, n);
-        }
-        for _ in 0..64 {
-            f.count_subrequest(50).expect("one fetch per request is far below the limit");
-        }
-        assert!(f.entries.values().all(|e| e.subrequests == 1));
-    }
-
-    #[test]
-    fn subrequests_are_refused_once_every_request_in_flight_made_its_limit() {
-        let mut f = InFlight::default();
-        take(&mut f, 0);
-        for _ in 0..3 {
-            f.count_subrequest(3).unwrap();
-        }
-        let e = f.count_subrequest(3).unwrap_err();
-        assert!(e.starts_with(SUBREQUEST_LIMIT_MESSAGE) && e.contains("this request already made 3"), "{e}");
-        take(&mut f, 1);
-        f.count_subrequest(3).expect("the new request has room");
-        f.count_subrequest(3).unwrap();
-        f.count_subrequest(3).unwrap();
-        let e = f.count_subrequest(3).unwrap_err();
-        assert!(e.contains("the 2 requests in flight"), "{e}");
-    }
-
     #[test]
     fn header_values_cross_as_byte_strings() {
         assert_eq!(byte_string("plain").as_deref(), Some(&b"plain"[..]));
@@ -699,23 +530,44 @@ mod tests {
         assert_eq!(byte_string("\u{20ac}"), None, "not a byte");
     }
 
-    #[test]
-    fn a_stretch_with_no_request_in_flight_is_background() {
-        let mut f = InFlight::default();
-        assert!(!f.charge(5 * MS));
-        let id = take(&mut f, 0);
-        f.entries.remove(&id);
-        assert!(f.charge(5 * MS), "a request answered within the stretch was in flight");
-        assert!(!f.charge(5 * MS), "after it, nothing was");
+    fn exchange(n: u64) -> (Exchange, oneshot::Receiver<Reply>) {
+        let (reply, answer) = oneshot::channel();
+        use http_body_util::BodyExt;
+        let request = http::Request::new(http_body_util::Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync());
+        (Exchange { id: RequestId(n), hops: 0, request, url: "http://x/".into(), reply }, answer)
+    }
+
+    pub(super) fn failed(answer: &mut oneshot::Receiver<Reply>) -> Option<FailureKind> {
+        match answer.try_recv() {
+            Ok(Reply::Failed(f)) => Some(f.kind),
+            _ => None,
+        }
     }
 
     #[test]
-    fn requests_left_in_flight_share_later_stretches() {
-        let mut f = InFlight::default();
-        take(&mut f, 0);
-        take(&mut f, 1);
-        assert!(f.charge(4 * MS));
-        assert!(f.charge(4 * MS));
-        assert_eq!(charged(&f), [4 * MS, 4 * MS]);
+    fn a_stranded_inbox_answers_what_is_queued_and_takes_nothing_more() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inbox = Inbox::new(rx);
+        let weak = inbox.downgrade();
+        let (one, mut answer_one) = exchange(1);
+        let (two, mut answer_two) = exchange(2);
+        tx.send(one).unwrap();
+        tx.send(two).unwrap();
+        let failure = Failure { kind: FailureKind::CpuLimitExceeded, detail: "stuck".into() };
+        assert_eq!(std::thread::spawn(move || weak.strand(&failure)).join().unwrap(), 2);
+        assert_eq!(failed(&mut answer_one), Some(FailureKind::CpuLimitExceeded));
+        assert_eq!(failed(&mut answer_two), Some(FailureKind::CpuLimitExceeded));
+        assert!(tx.send(exchange(3).0).is_err(), "the queue is closed");
+        assert!(inbox.try_next().is_none());
+    }
+
+    #[test]
+    fn a_weak_inbox_does_not_keep_the_queue_from_a_replacement_isolate() {
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let inbox = Inbox::new(rx);
+        let weak = inbox.downgrade();
+        assert!(inbox.into_receiver().is_some());
+        let failure = Failure { kind: FailureKind::CpuLimitExceeded, detail: "stuck".into() };
+        assert_eq!(weak.strand(&failure), 0, "the queue went on to another isolate");
     }
 }
