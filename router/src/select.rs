@@ -6,10 +6,10 @@
 //!    still respects placement). None: [`NoEligible`], which the router answers with 503
 //!    `tern-error: no_eligible_node`.
 //! 2. Each eligible node gets an estimated client round trip. A client at the router (no
-//!    location known) is as far as the router's measured average. A client elsewhere is
-//!    as far as the latency model says ([`crate::geo`]) plus whatever the measurement
-//!    shows beyond the model from the router (a congested or badly routed node stays
-//!    slow for everyone).
+//!    location known) is as far as the router measured ([`Tracker::rtt`]). A client
+//!    elsewhere is as far as the latency model says ([`crate::geo`]) plus whatever the
+//!    measurement shows beyond the model from the router (a congested or badly routed node
+//!    stays slow for everyone).
 //! 3. Nodes with room come first (a node reporting itself full or draining is used only
 //!    when no other can be). Among those within a margin of the best estimate (2 ms plus
 //!    10 % of it), the function's rendezvous hash picks one, so requests for a function go
