@@ -238,10 +238,6 @@ struct Function<'s> {
 }
 
 impl Function<'_> {
-    fn new_failure(&self, breach: Breach) -> Failure {
-        failure_for(breach, &self.limits)
-    }
-
     /// Runs `fut` (JS work on `js`) metered against the startup budget, poll by poll.
     async fn startup<T>(&mut self, fut: impl Future<Output = T>) -> T {
         let mut fut = std::pin::pin!(fut);
@@ -263,7 +259,7 @@ impl Function<'_> {
     /// The failure a startup error stands for: the breach if the isolate was tripped.
     fn startup_failure(&self, js: &mut JsRuntime, detail: String) -> Failure {
         match self.breach(js) {
-            Some(breach) => self.new_failure(breach),
+            Some(breach) => failure_for(breach, &self.limits),
             None => load_failed(detail),
         }
     }
@@ -418,8 +414,8 @@ impl Function<'_> {
         };
         let out_of_memory = error.as_ref().is_some_and(|e| is_out_of_memory(&e.to_string()));
         let failure = match self.breach(js) {
-            _ if out_of_memory => self.new_failure(Breach::Memory),
-            Some(breach) => self.new_failure(breach),
+            _ if out_of_memory => failure_for(Breach::Memory, &self.limits),
+            Some(breach) => failure_for(breach, &self.limits),
             None => Failure {
                 kind: FailureKind::IsolateFailed,
                 detail: readable(&error.map(|e| e.to_string()).unwrap_or_else(|| "the isolate stopped".into())),

@@ -206,7 +206,6 @@ fn unknown(id: u32) -> JsErrorBox {
     JsErrorBox::type_error(format!("request {id} is already finished"))
 }
 
-/// Sends the response head; returns the body sender when the body is streamed.
 /// The bytes of a header value the glue sent as text: a ByteString, each character one byte
 /// (Latin-1). None if a character does not fit in a byte.
 fn byte_string(text: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
@@ -407,15 +406,7 @@ pub fn op_tern_respond_stream(
 /// function. Rejects when the client went away, so the function's stream is cancelled.
 #[op2]
 pub async fn op_tern_body_write(state: Rc<RefCell<OpState>>, id: u32, chunk: Uint8Array) -> Result<(), JsErrorBox> {
-    let tx = {
-        let s = state.borrow();
-        let entry = s.borrow::<InFlight>().entries.get(&id).ok_or_else(|| unknown(id))?;
-        entry
-            .stream
-            .as_ref()
-            .map(|s| s.chunks.clone())
-            .ok_or_else(|| JsErrorBox::type_error("response is not streaming"))?
-    };
+    let tx = chunks_of(&state.borrow(), id)?;
     if chunk.0.is_empty() {
         return Ok(());
     }
@@ -429,12 +420,7 @@ pub async fn op_tern_body_write(state: Rc<RefCell<OpState>>, id: u32, chunk: Uin
 /// thread blocks, as a CGI program blocks on its pipe. Fails when the client went away.
 #[op2]
 pub fn op_tern_body_write_sync(state: &mut OpState, id: u32, #[anybuffer] chunk: &[u8]) -> Result<(), JsErrorBox> {
-    let entry = state.borrow::<InFlight>().entries.get(&id).ok_or_else(|| unknown(id))?;
-    let tx = entry
-        .stream
-        .as_ref()
-        .map(|s| s.chunks.clone())
-        .ok_or_else(|| JsErrorBox::type_error("response is not streaming"))?;
+    let tx = chunks_of(state, id)?;
     if chunk.is_empty() {
         return Ok(());
     }
@@ -445,6 +431,12 @@ pub fn op_tern_body_write_sync(state: &mut OpState, id: u32, #[anybuffer] chunk:
         // The receiver lives on another thread (the connection's), which makes progress.
         Err(mpsc::error::TrySendError::Full(chunk)) => futures::executor::block_on(tx.send(chunk)).map_err(|_| gone()),
     }
+}
+
+/// Where the chunks of exchange `id`'s streamed response go.
+fn chunks_of(state: &OpState, id: u32) -> Result<mpsc::Sender<Result<Bytes, StreamAborted>>, JsErrorBox> {
+    let entry = state.borrow::<InFlight>().entries.get(&id).ok_or_else(|| unknown(id))?;
+    entry.stream.as_ref().map(|s| s.chunks.clone()).ok_or_else(|| JsErrorBox::type_error("response is not streaming"))
 }
 
 /// Ends a streamed response normally.
